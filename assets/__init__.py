@@ -1,0 +1,1 @@
+"""Dagster assets of the SmallDoge pipeline, one module per stage group."""

@@ -1,0 +1,101 @@
+"""Data assets: the tokenizer and the five mixtures, all partitioned by recipe."""
+
+
+import dagster as dg
+
+from assets.partitions import RECIPE_PARTITIONS
+from assets.sources import SOURCE_ASSETS
+from assets.versioned import BuildContext, BuildOutput, markdown_table, materialize_versioned, node_code_version
+from doge_dagster.data.registry import DATASETS
+from doge_dagster.plan import MIXTURE_DESCRIPTIONS, NODES
+from doge_dagster.recipes import MIXTURE_KINDS
+from resources.artifact_store import ArtifactStoreResource
+
+PARTITIONS = RECIPE_PARTITIONS.get_partition_keys()
+SOURCE_KEY = {spec.name: dg.AssetKey(spec.asset_name) for spec in DATASETS.values()}
+TOKENIZER_CHECKS = ("matches_model_recipe", "think_tokens_not_special")
+MIXTURE_CHECKS = ("ratios_within_tolerance", "no_empty_split", "schema")
+
+
+def _build_tokenizer(build: BuildContext) -> BuildOutput:
+    from doge_dagster.data.build import build_tokenizer
+
+    summary = build_tokenizer(build.recipe, build.out_dir)
+    return BuildOutput(
+        metadata=summary,
+        checks={
+            # build_tokenizer raises before publishing when the model recipe disagrees
+            "matches_model_recipe": (True, f"{summary['vocab_size']} tokens; special ids fit the model recipe"),
+            "think_tokens_not_special": (not summary["think_tokens_special"], "<think> and </think> must not be special tokens"),
+        },
+    )
+
+
+@dg.asset(
+    name="tokenizer",
+    group_name="data",
+    partitions_def=RECIPE_PARTITIONS,
+    deps=list(SOURCE_KEY.values()),
+    code_version=node_code_version("tokenizer", PARTITIONS),
+    description=NODES["tokenizer"].description,
+    check_specs=[dg.AssetCheckSpec(name, asset="tokenizer", blocking=True) for name in TOKENIZER_CHECKS],
+    kinds={"huggingface"},
+)
+def tokenizer(context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResource) -> dg.MaterializeResult:
+    """Train a byte-level BPE on the recipe's sources (tiny) or load the recipe's tokenizer (real sizes),
+    then add the chat template with generation markers and `<think>` tokens that are not special."""
+    return materialize_versioned(context, artifact_store, "tokenizer", _build_tokenizer)
+
+
+def build_mixture_asset(stage: str) -> dg.AssetsDefinition:
+    """The `{stage}_mixture` asset: sources of the stage's kind mixed by ratio, train/test splits."""
+    name = f"{stage}_mixture"
+    sources = sorted({spec.name for spec in DATASETS.values() if spec.kind == MIXTURE_KINDS[stage]})
+    checks = MIXTURE_CHECKS + (("token_ids_below_vocab",) if stage == "pretrain" else ())
+
+    def build(build: BuildContext) -> BuildOutput:
+        from doge_dagster.data.build import build_mixture, check_mixture
+
+        tokenizer_dir = build.upstream_dirs["tokenizer"]
+        stats, preview = build_mixture(build.recipe, stage, tokenizer_dir, build.out_dir)
+        mixture = build.recipe.section(f"mixtures.{stage}")
+        from doge_dagster.data.build import load_saved_tokenizer
+
+        vocab = len(load_saved_tokenizer(tokenizer_dir))
+        summary = stats.to_dict()
+        metadata = {
+            "unit": stats.unit,
+            "train_rows": stats.train_rows,
+            "test_rows": stats.test_rows,
+            "total_tokens": sum(source.tokens for source in stats.sources.values()),
+            "requested_ratios": summary["requested_ratios"],
+            "realised_ratios": {key: round(value, 5) for key, value in summary["realised_ratios"].items()},
+            "per_source": summary["sources"],
+            "max_ratio_error": round(stats.max_ratio_error(), 6),
+        }
+        metadata.update({f"ratio/{key}": round(value, 5) for key, value in summary["realised_ratios"].items()})
+        return BuildOutput(
+            metadata=metadata,
+            ui_metadata={"preview": dg.MetadataValue.md(markdown_table(preview))},
+            checks=check_mixture(build.out_dir, stage, vocab, mixture.ratio_tolerance),
+        )
+
+    @dg.asset(
+        name=name,
+        group_name="data",
+        partitions_def=RECIPE_PARTITIONS,
+        deps=["tokenizer", *(SOURCE_KEY[source] for source in sources)],
+        code_version=node_code_version(name, PARTITIONS),
+        description=MIXTURE_DESCRIPTIONS[stage],
+        check_specs=[dg.AssetCheckSpec(check, asset=name, blocking=True) for check in checks],
+        kinds={"huggingface"},
+    )
+    def mixture_asset(context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResource) -> dg.MaterializeResult:
+        """Mix the stage's sources by ratio into a `DatasetDict` saved with `save_to_disk`."""
+        return materialize_versioned(context, artifact_store, name, build)
+
+    return mixture_asset
+
+
+MIXTURE_ASSETS = [build_mixture_asset(stage) for stage in MIXTURE_KINDS]
+DATA_ASSETS = [*SOURCE_ASSETS, tokenizer, *MIXTURE_ASSETS]

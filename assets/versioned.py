@@ -1,0 +1,124 @@
+"""The one materialization routine every artifact asset shares: version, skip if cached, build, publish, check.
+
+Order matters for safety: the recipe is validated and every upstream artifact is located before any
+work starts; the artifact is built in a staging folder and published (manifest last) only if the
+build succeeds, so a failure never leaves a half-written artifact behind.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from doge_dagster.artifacts import ArtifactStore, Manifest
+from doge_dagster.plan import NODES, Planned, plan_versions
+from doge_dagster.recipes import Recipe, content_version, load_recipe
+from resources.artifact_store import ArtifactStoreResource
+
+CheckResults = dict[str, tuple[bool, str]]
+
+
+@dataclass
+class BuildContext:
+    """What a build function gets: the recipe, its planned version, the staging folder and upstream folders."""
+
+    recipe: Recipe
+    planned: Planned
+    out_dir: Path
+    upstream_dirs: dict[str, Path]
+    store: ArtifactStore
+    log: Any
+
+
+@dataclass
+class BuildOutput:
+    """What a build function returns: JSON-able metadata for the manifest and UI-only metadata."""
+
+    metadata: dict[str, Any] = field(default_factory=dict)
+    ui_metadata: dict[str, Any] = field(default_factory=dict)
+    checks: CheckResults = field(default_factory=dict)
+
+
+Builder = Callable[[BuildContext], BuildOutput]
+
+
+def node_code_version(node_name: str, partitions: list[str]) -> str:
+    """Dagster code version: the node's code version plus its recipe sections across every partition,
+    so editing a recipe section marks exactly that stage (and its downstream) unsynced in the UI."""
+    node = NODES[node_name]
+    sections = [[load_recipe(partition).section(path) for path in node.sections] for partition in partitions]
+    return f"{node.code_version}-{content_version(sections)}"
+
+
+def materialize_versioned(
+    context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResource, node_name: str, build: Builder
+) -> dg.MaterializeResult:
+    """Materialize `node_name` for the run's partition, reusing a complete artifact of the same version."""
+    started = time.monotonic()
+    partition = context.partition_key
+    recipe = load_recipe(partition)
+    planned = plan_versions(recipe, nodes=[node_name])[node_name]
+    store = artifact_store.get_store()
+    upstream_dirs = {
+        parent: store.local_path(store.require(parent, partition, planned.upstream[parent]))
+        for parent in NODES[node_name].upstream
+    }
+    manifest = store.read_manifest(node_name, partition, planned.version)
+    cached = manifest is not None
+    ui_metadata: dict[str, Any] = {}
+    if manifest is None:
+        context.log.info(f"{node_name}[{partition}] version {planned.version}: building")
+        with store.writing(node_name, partition, planned.version, planned.upstream) as staged:
+            output = build(BuildContext(recipe, planned, staged.path, upstream_dirs, store, context.log))
+            staged.metadata = {**output.metadata, "checks": {name: list(result) for name, result in output.checks.items()}}
+        manifest = staged.manifest
+        ui_metadata = output.ui_metadata
+    else:
+        context.log.info(f"{node_name}[{partition}] version {planned.version}: complete artifact found, reporting it cached")
+    return _result(context, store, manifest, planned, cached, ui_metadata, time.monotonic() - started)
+
+
+def _result(context, store: ArtifactStore, manifest: Manifest, planned: Planned, cached: bool, ui_metadata, seconds: float):
+    checks = manifest.metadata.get("checks", {})
+    metadata = {
+        "version": planned.version,
+        "recipe_section_version": planned.section_version,
+        "upstream_versions": dg.MetadataValue.json(planned.upstream),
+        "artifact_uri": store.url(manifest.asset, manifest.partition, manifest.version),
+        "artifact_bytes": manifest.total_bytes,
+        "cached": cached,
+        "wall_time_s": round(seconds, 3),
+        **{key: value for key, value in manifest.metadata.items() if key != "checks" and not isinstance(value, (dict, list))},
+        **{key: dg.MetadataValue.json(value) for key, value in manifest.metadata.items() if key != "checks" and isinstance(value, (dict, list))},
+        **ui_metadata,
+    }
+    check_results = [
+        dg.AssetCheckResult(
+            check_name=name,
+            passed=bool(passed),
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"detail": detail},
+        )
+        for name, (passed, detail) in checks.items()
+    ]
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(planned.version), check_results=check_results)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of rows (cells cleaned of newlines and pipes) for UI metadata."""
+    if not rows:
+        return "(empty)"
+    columns = list(rows[0])
+
+    def cell(value: Any) -> str:
+        text = str(value).replace("\n", "⏎ ").replace("|", "\\|")
+        return text if len(text) <= 300 else text[:297] + "..."
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row[column]) for column in columns) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""doge-dagster: the SmallDoge training pipeline for Doge language models as a Dagster project."""

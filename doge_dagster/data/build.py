@@ -1,0 +1,143 @@
+"""Build the data artifacts of a recipe into a staging folder: the tokenizer and the five mixtures.
+
+These are the bodies of the data assets, free of Dagster so they run (and are tested) anywhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+from doge_dagster.data.mixing import MixtureStats, formatter_for, mix_datasets_by_ratio
+from doge_dagster.data.registry import dataset_spec
+from doge_dagster.data.sources import open_source
+from doge_dagster.data.tokenizer import check_against_model, load_tokenizer, train_bpe, training_texts
+from doge_dagster.plan import node_sources
+from doge_dagster.recipes import Recipe
+
+STATS_FILE = "mixture_stats.json"
+PREVIEW_ROWS = 5
+
+
+class DataBuildError(ValueError):
+    """A data artifact cannot be built as the recipe asks."""
+
+
+def build_tokenizer(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
+    """Train or load the tokenizer, check it fits the model recipe, save it; return its summary."""
+    if recipe.tokenizer.source == "train_bpe":
+        samples = recipe.tokenizer.train_samples
+        rows_by_source = [_text_columns(use, samples) for use in node_sources(recipe, "tokenizer")]
+        tokenizer = train_bpe(training_texts(rows_by_source), recipe.tokenizer)
+    else:
+        tokenizer = load_tokenizer(recipe.tokenizer)
+    problems = check_against_model(tokenizer, recipe.model)
+    if problems:
+        raise DataBuildError("tokenizer and model recipe disagree: " + "; ".join(problems))
+    tokenizer.save_pretrained(out_dir)
+    return {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "think_tokens_special": any(token in tokenizer.all_special_tokens for token in ("<think>", "</think>")),
+        "sample_encoding": tokenizer.tokenize("What is 3 + 4? <think>3 + 4 = 7</think> 7"),
+    }
+
+
+def _text_columns(use, samples: int):
+    columns = dataset_spec(use.ref.dataset).required_columns
+    for row in itertools.islice(open_source(use.ref, use.seed), samples):
+        yield {column: row[column] for column in columns}
+
+
+def load_saved_tokenizer(folder: Path):
+    """Load a tokenizer artifact (plain `AutoTokenizer`, no remote code)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def build_mixture(recipe: Recipe, stage: str, tokenizer_dir: Path, out_dir: Path) -> tuple[MixtureStats, list[dict]]:
+    """Mix the stage's sources, save a `DatasetDict` (train/test) and its stats; return stats and a preview."""
+    mixture = recipe.section(f"mixtures.{stage}")
+    tokenizer = load_saved_tokenizer(tokenizer_dir)
+    entries = [
+        {"name": use.ref.dataset, "ratio": use.ref.ratio, "dataset": open_source(use.ref, mixture.seed, mixture.shuffle_buffer)}
+        for use in node_sources(recipe, f"{stage}_mixture")
+    ]
+    splits, stats = mix_datasets_by_ratio(
+        entries,
+        total_sample_size=mixture.total_size,
+        processing_class=tokenizer,
+        kind=stage,
+        max_length=mixture.max_length,
+        packing=mixture.packing,
+        formatting_func=formatter_for(mixture.formatting, mixture.system_prompt),
+        seed=mixture.seed,
+        test_size=mixture.test_size,
+    )
+    splits.save_to_disk(str(out_dir))
+    (out_dir / STATS_FILE).write_text(json.dumps(stats.to_dict(), indent=2))
+    return stats, preview_rows(splits["train"], tokenizer, stage)
+
+
+def preview_rows(dataset, tokenizer, stage: str, count: int = PREVIEW_ROWS) -> list[dict]:
+    """A few decoded rows for the UI: what the model will actually read."""
+    rows = []
+    for row in dataset.select(range(min(count, len(dataset)))):
+        if stage == "pretrain":
+            text = tokenizer.decode(row["input_ids"][:96])
+            rows.append({"source": "packed", "text": text})
+        elif "messages" in row:
+            rows.append({"source": row["source"], "text": tokenizer.apply_chat_template(row["messages"], tokenize=False)})
+        elif "chosen" in row:
+            rows.append(
+                {
+                    "source": row["source"],
+                    "text": f"{row['prompt'][-1]['content']} | chosen: {row['chosen'][0]['content']} | rejected: {row['rejected'][0]['content']}",
+                }
+            )
+        else:
+            rows.append({"source": row["source"], "text": f"{row['prompt'][-1]['content']} | answer: {row['answer']}"})
+    return rows
+
+
+def check_mixture(folder: Path, stage: str, vocab_size: int, ratio_tolerance: float) -> dict[str, tuple[bool, str]]:
+    """The mixture's asset checks, computed from the saved artifact: name -> (passed, description)."""
+    from datasets import load_from_disk
+
+    splits = load_from_disk(str(folder))
+    stats = json.loads((folder / STATS_FILE).read_text())
+    results: dict[str, tuple[bool, str]] = {}
+    error = max(abs(stats["realised_ratios"].get(name, 0.0) - ratio) for name, ratio in stats["requested_ratios"].items())
+    results["ratios_within_tolerance"] = (
+        error <= ratio_tolerance,
+        f"largest ratio error {error:.4f} ({stats['unit']}) against tolerance {ratio_tolerance}",
+    )
+    sizes = {name: len(split) for name, split in splits.items()}
+    results["no_empty_split"] = (
+        set(sizes) == {"train", "test"} and all(sizes.values()),
+        f"split sizes {sizes}",
+    )
+    expected = EXPECTED_COLUMNS[stage]
+    actual = {name: sorted(split.column_names) for name, split in splits.items()}
+    results["schema"] = (
+        all(columns == sorted(expected) for columns in actual.values()),
+        f"columns {actual}, expected {sorted(expected)}",
+    )
+    if stage == "pretrain":
+        top = max(max(max(ids) for ids in split["input_ids"]) for split in splits.values())
+        results["token_ids_below_vocab"] = (top < vocab_size, f"largest token id {top}, vocab size {vocab_size}")
+    return results
+
+
+EXPECTED_COLUMNS = {
+    "pretrain": ["input_ids"],
+    "sft": ["messages", "source"],
+    "distill": ["messages", "source"],
+    "dpo": ["prompt", "chosen", "rejected", "source"],
+    "grpo": ["prompt", "answer", "solution", "source"],
+}

@@ -1,0 +1,19 @@
+"""The code location: every asset, check, job and resource of doge-dagster.
+
+The only module of the core package that imports Dagster; heavy ML libraries load inside asset bodies.
+Environment: DOGE_ARTIFACT_ROOT sets the artifact store root (default `.doge` in the project).
+"""
+
+import os
+
+import dagster as dg
+
+from assets.data import DATA_ASSETS
+from jobs import JOBS
+from resources import ArtifactStoreResource
+
+defs = dg.Definitions(
+    assets=DATA_ASSETS,
+    jobs=JOBS,
+    resources={"artifact_store": ArtifactStoreResource(root=os.environ.get("DOGE_ARTIFACT_ROOT", ".doge"))},
+)

@@ -1,0 +1,435 @@
+"""Typed recipes: one YAML file per model family (partition), validated before any work starts.
+
+A recipe holds everything a family needs: the tokenizer, the five data mixtures, the model
+architecture, per-stage training arguments and launch settings, and the evaluation task lists.
+Every model forbids unknown fields, and every error names the file, the field path and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from doge_dagster.data.registry import DATASETS, DatasetKind
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+RECIPES_DIR = Path(os.environ.get("DOGE_RECIPES_DIR", PROJECT_ROOT / "recipes"))
+ACCELERATE_CONFIGS_DIR = RECIPES_DIR / "accelerate"
+
+MIXTURE_KINDS: dict[str, DatasetKind] = {
+    "pretrain": "text",
+    "sft": "conversation",
+    "dpo": "preference",
+    "distill": "reasoning",
+    "grpo": "math_problem",
+}
+
+# Seed recipes use transformers 4.x / TRL 0.x names. Renamed ones are translated (with a log line);
+# removed ones are rejected with the replacement named.
+LEGACY_RENAMES = {
+    "max_seq_length": "max_length",
+    "evaluation_strategy": "eval_strategy",
+    "no_cuda": "use_cpu",
+}
+LEGACY_REMOVED = {
+    "overwrite_output_dir": "remove it: the artifact store picks a fresh versioned output folder",
+    "logging_dir": "remove it: logs go to the run log and the artifact's metadata",
+    "output_dir": "remove it: the artifact store decides where checkpoints go",
+    "max_prompt_length": "remove it: TRL 1.x truncates with `max_length` only",
+    "max_completion_length_dpo": "remove it",
+    "vllm_device": "remove it: TRL 1.x configures vLLM with `vllm_mode`",
+}
+
+
+class RecipeError(ValueError):
+    """A recipe failed validation; the message names the file, each field path and the fix."""
+
+
+class Strict(BaseModel):
+    """Base for every recipe section: unknown fields are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceRef(Strict):
+    """One dataset of a mixture and its share.
+
+    `kind` says where rows come from: `hub` (the real Hub dataset, streamed), `local` (a folder of
+    jsonl/parquet files in the Hub schema, or a local copy of the Hub repo) or `generated`
+    (deterministic offline data in the same schema, for the `tiny` recipe and tests).
+    """
+
+    dataset: str
+    ratio: float = Field(gt=0, le=1)
+    kind: Literal["hub", "local", "generated"] = "hub"
+    path: str | None = Field(None, description="local folder (kind=local), or a Hub mirror root (kind=hub)")
+    revision: str | None = Field(None, description="Hub revision to pin (kind=hub)")
+    num_rows: int | None = Field(None, gt=0, description="rows to generate (kind=generated)")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value not in DATASETS:
+            raise ValueError(f"unknown dataset {value!r}; use one of: {', '.join(sorted(DATASETS))}")
+        return value
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> SourceRef:
+        if self.kind == "local" and not self.path:
+            raise ValueError("kind 'local' needs `path`: the folder holding the dataset files")
+        if self.kind == "generated" and self.num_rows is None:
+            raise ValueError("kind 'generated' needs `num_rows`: how many rows to generate")
+        if self.kind != "generated" and self.num_rows is not None:
+            raise ValueError("`num_rows` is only for kind 'generated'; remove it")
+        return self
+
+
+class MixtureRecipe(Strict):
+    """A data mixture: sources by ratio, how much, how long, and how to split.
+
+    `total_size` counts tokens for the pretraining mixture and examples for every other mixture.
+    """
+
+    sources: list[SourceRef] = Field(min_length=1)
+    total_size: int = Field(gt=0)
+    max_length: int = Field(gt=0)
+    packing: bool = False
+    seed: int = 233
+    test_size: float = Field(0.02, gt=0, lt=0.5)
+    ratio_tolerance: float = Field(0.05, gt=0, lt=1)
+    formatting: Literal["none", "identity", "thinking"] = "none"
+    system_prompt: str | None = None
+    shuffle_buffer: int = Field(10_000, gt=0)
+
+    @model_validator(mode="after")
+    def _ratios(self) -> MixtureRecipe:
+        total = sum(source.ratio for source in self.sources)
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"source ratios sum to {total:g}; they must sum to 1")
+        names = [source.dataset for source in self.sources]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"dataset listed twice: {', '.join(duplicates)}; merge the entries")
+        return self
+
+
+class Mixtures(Strict):
+    """The five mixtures of the recipe, one per training stage."""
+
+    pretrain: MixtureRecipe
+    sft: MixtureRecipe
+    dpo: MixtureRecipe
+    distill: MixtureRecipe
+    grpo: MixtureRecipe
+
+
+class TokenizerRecipe(Strict):
+    """Where the tokenizer comes from: the Hub, a local folder, or a BPE trained on the pretraining sources."""
+
+    source: Literal["hub", "path", "train_bpe"]
+    name_or_path: str | None = None
+    revision: str | None = None
+    vocab_size: int = Field(32768, gt=8)
+    train_samples: int = Field(20_000, gt=0, description="documents per pretraining source used for BPE")
+    min_frequency: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _location(self) -> TokenizerRecipe:
+        if self.source in ("hub", "path") and not self.name_or_path:
+            raise ValueError(f"source {self.source!r} needs `name_or_path` (a Hub id or a local folder)")
+        return self
+
+
+class ModelRecipe(Strict):
+    """The Doge architecture (transformers `DogeConfig` fields we set; others keep their defaults)."""
+
+    vocab_size: int | Literal["tokenizer"] = 32768
+    hidden_size: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    num_hidden_layers: int = Field(gt=0)
+    num_attention_heads: int = Field(gt=0)
+    num_key_value_heads: int = Field(gt=0)
+    max_position_embeddings: int = Field(2048, gt=0)
+    keep_window_size: int = Field(2048, gt=0)
+    rope_theta: float = Field(10000.0, gt=0)
+    tie_word_embeddings: bool = True
+    hidden_act: str = "silu"
+    rms_norm_eps: float = Field(1e-6, gt=0)
+    initializer_range: float = Field(0.02, gt=0)
+    hidden_dropout: float = Field(0.0, ge=0, lt=1)
+    attention_dropout: float = Field(0.0, ge=0, lt=1)
+    bos_token_id: int = 0
+    eos_token_id: int = 1
+    pad_token_id: int = 2
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ModelRecipe:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be divisible by num_attention_heads")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be divisible by num_key_value_heads")
+        if self.pad_token_id == self.eos_token_id:
+            raise ValueError("pad_token_id must differ from eos_token_id, or every EOS is masked from the loss")
+        return self
+
+
+class LaunchRecipe(Strict):
+    """Where and how a stage runs: accelerate config, processes, and scheduler settings per backend."""
+
+    accelerate_config: str = "cpu"
+    num_processes: int | None = Field(None, gt=0, description="default: gpus_per_node x nodes, or 1 on CPU")
+    nodes: int = Field(1, gt=0)
+    gpus_per_node: int = Field(0, ge=0)
+    cpus_per_task: int | None = Field(None, gt=0)
+    memory: str | None = None
+    time_limit: str = "24:00:00"
+    partition: str | None = None
+    account: str | None = None
+    sbatch_extra: list[str] = Field(default_factory=list)
+    setup: list[str] = Field(default_factory=list, description="shell lines run before the launch")
+    image: str | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def processes(self) -> int:
+        """Total processes across nodes."""
+        if self.num_processes is not None:
+            return self.num_processes
+        return max(1, self.gpus_per_node) * self.nodes
+
+
+class StageRecipe(Strict):
+    """A training stage: arguments for its trainer config and its launch settings.
+
+    `training` keys are fields of transformers `TrainingArguments` (pretraining) or of the TRL config
+    of the stage; they are checked against that class before launch.
+    """
+
+    training: dict[str, Any] = Field(default_factory=dict)
+    launch: LaunchRecipe = Field(default_factory=LaunchRecipe)
+
+    @field_validator("training", mode="before")
+    @classmethod
+    def _translate_legacy(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        translated = dict(value)
+        for old, reason in LEGACY_REMOVED.items():
+            if old in translated:
+                raise ValueError(f"`{old}` is no longer supported; {reason}")
+        for old, new in LEGACY_RENAMES.items():
+            if old in translated:
+                if new in translated:
+                    raise ValueError(f"both `{old}` and its replacement `{new}` given; keep only `{new}`")
+                log.info("recipe: translated legacy training field %s -> %s", old, new)
+                translated[new] = translated.pop(old)
+        if "warmup_ratio" in translated:
+            # transformers 5 dropped warmup_ratio: a warmup_steps below 1 is read as a ratio.
+            ratio = translated.pop("warmup_ratio")
+            if "warmup_steps" in translated:
+                raise ValueError("both `warmup_ratio` and `warmup_steps` given; keep only `warmup_steps`")
+            if not 0 <= float(ratio) < 1:
+                raise ValueError("`warmup_ratio` must be in [0, 1)")
+            log.info("recipe: translated warmup_ratio=%s -> warmup_steps=%s", ratio, ratio)
+            translated["warmup_steps"] = float(ratio)
+        return translated
+
+
+class PretrainStage(StageRecipe):
+    """Pretraining from scratch, or continued from `init_from` (a Hub id, a local folder, or `doge_base:latest`)."""
+
+    init_from: str | None = None
+
+
+class GRPOStage(StageRecipe):
+    """GRPO with verifiable rewards; `rewards` names functions of `doge_dagster.training.rewards`."""
+
+    rewards: list[Literal["accuracy", "format"]] = Field(default_factory=lambda: ["accuracy", "format"])
+    reward_weights: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _generations(self) -> GRPOStage:
+        generations = self.training.get("num_generations", 8)
+        if int(generations) < 2:
+            raise ValueError("training.num_generations must be at least 2: one completion per prompt has no signal")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            raise ValueError("reward_weights needs one weight per entry of `rewards`")
+        return self
+
+
+class Stages(Strict):
+    """Training stages in pipeline order."""
+
+    pretrain: PretrainStage
+    sft: StageRecipe
+    dpo: StageRecipe
+    distill: StageRecipe
+    grpo: GRPOStage
+
+
+TASK_PATTERN = re.compile(r"^[\w.-]+\|[\w.:/-]+\|\d+\|[01]$")
+
+
+class EvalRecipe(Strict):
+    """A lighteval report: task strings `suite|task|fewshot|truncate` and the gates on its scores."""
+
+    tasks: list[str] = Field(min_length=1)
+    use_chat_template: bool = False
+    max_samples: int | None = Field(None, gt=0)
+    regression_tolerance: float = Field(0.02, ge=0)
+    min_format_rate: float | None = Field(None, ge=0, le=1)
+    launch: LaunchRecipe = Field(default_factory=LaunchRecipe)
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_strings(cls, tasks: list[str]) -> list[str]:
+        for task in tasks:
+            if not TASK_PATTERN.match(task):
+                raise ValueError(f"task {task!r} is not of the form suite|task|fewshot|truncate (e.g. lighteval|piqa|0|0)")
+        return tasks
+
+
+class Evaluations(Strict):
+    """One evaluation per model family member."""
+
+    base: EvalRecipe
+    instruct: EvalRecipe
+    reason: EvalRecipe
+
+
+class Recipe(Strict):
+    """Everything one partition needs, from tokenizer to evaluation."""
+
+    name: str
+    description: str = ""
+    tokenizer: TokenizerRecipe
+    mixtures: Mixtures
+    model: ModelRecipe
+    stages: Stages
+    evaluation: Evaluations
+
+    @model_validator(mode="after")
+    def _source_kinds(self) -> Recipe:
+        for mixture_name, kind in MIXTURE_KINDS.items():
+            for index, source in enumerate(getattr(self.mixtures, mixture_name).sources):
+                actual = DATASETS[source.dataset].kind
+                if actual != kind:
+                    raise ValueError(
+                        f"mixtures.{mixture_name}.sources.{index}.dataset: {source.dataset!r} holds {actual} rows, "
+                        f"but the {mixture_name} mixture needs {kind} datasets"
+                    )
+        return self
+
+    def section(self, dotted: str) -> Any:
+        """Return a sub-section by dotted path, e.g. `mixtures.sft` or `stages.pretrain`."""
+        node: Any = self
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        return node
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal content gives equal text."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+
+
+def content_version(*parts: Any) -> str:
+    """A stable 16-hex-digit version for any JSON-able content (recipe sections, version dicts)."""
+    return hashlib.sha256("\n".join(canonical_json(part) for part in parts).encode()).hexdigest()[:16]
+
+
+def available_recipes(directory: Path | None = None) -> list[str]:
+    """Recipe names found in the recipes folder, in the family's size order (tiny first)."""
+    directory = directory or RECIPES_DIR
+    names = [path.stem for path in directory.glob("*.yaml")]
+
+    def size_key(name: str) -> tuple[int, float, str]:
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)([MB])", name)
+        if not match:
+            return (0, 0.0, name)
+        return (1, float(match[1]) * (1000 if match[2] == "B" else 1), name)
+
+    return sorted(names, key=size_key)
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """Resolve a recipe name (`tiny`) or a path to a YAML file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml"):
+        return candidate
+    return RECIPES_DIR / f"{name_or_path}.yaml"
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """Load and validate a recipe by name or path; raise `RecipeError` naming file, field and fix."""
+    path = recipe_path(name_or_path)
+    if not path.is_file():
+        known = ", ".join(available_recipes()) or "none"
+        raise RecipeError(f"recipe {str(name_or_path)!r} not found at {path}; known recipes: {known}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path}: malformed YAML: {error}") from None
+    return parse_recipe(raw, source=str(path))
+
+
+def parse_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
+    """Validate a recipe from already-parsed YAML data."""
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{source}: a recipe must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as error:
+        raise RecipeError(format_validation_error(error, source)) from None
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """One line per problem: `file: field.path: message`, listing allowed fields for unknown ones."""
+    lines = [f"{source}: invalid recipe ({error.error_count()} problem(s))"]
+    for problem in error.errors():
+        location = ".".join(str(part) for part in problem["loc"]) or "<root>"
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            allowed = _allowed_fields(Recipe, problem["loc"][:-1])
+            message = f"unknown field; allowed here: {', '.join(allowed)}" if allowed else "unknown field"
+        elif problem["type"] == "missing":
+            message = "required field is missing"
+        lines.append(f"  {location}: {message}")
+    return "\n".join(lines)
+
+
+def _allowed_fields(model: type[BaseModel], location: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in location:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if isinstance(current, type) and issubclass(current, BaseModel) else None
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in getattr(annotation, "__args__", ()):
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None

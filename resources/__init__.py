@@ -1,0 +1,5 @@
+"""Dagster resources: where artifacts live and where compute runs."""
+
+from resources.artifact_store import ArtifactStoreResource
+
+__all__ = ["ArtifactStoreResource"]
