@@ -9,7 +9,7 @@ from assets.partitions import RECIPE_PARTITIONS
 from doge_dagster.data.registry import DATASETS, DatasetSpec
 from doge_dagster.data.sources import SourceError, source_fingerprint
 from doge_dagster.plan import recipe_sources
-from doge_dagster.recipes import load_recipe
+from doge_dagster.recipes import RecipeError, load_recipe
 
 
 def build_source_asset(spec: DatasetSpec) -> dg.SourceAsset:
@@ -26,7 +26,11 @@ def build_source_asset(spec: DatasetSpec) -> dg.SourceAsset:
     def observe(context: dg.AssetExecutionContext) -> dg.DataVersionsByPartition:
         versions = {}
         for partition in RECIPE_PARTITIONS.get_partition_keys():
-            use = recipe_sources(load_recipe(partition)).get(spec.name)
+            try:
+                use = recipe_sources(load_recipe(partition)).get(spec.name)
+            except RecipeError as error:  # one invalid recipe must not hide the other partitions' versions
+                context.log.warning(f"{spec.name}[{partition}]: {error}")
+                continue
             if use is None:
                 continue
             try:

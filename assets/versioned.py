@@ -17,7 +17,7 @@ import dagster as dg
 
 from doge_dagster.artifacts import ArtifactStore, Manifest
 from doge_dagster.plan import NODES, Planned, plan_versions
-from doge_dagster.recipes import Recipe, content_version, load_recipe
+from doge_dagster.recipes import Recipe, RecipeError, content_version, load_recipe, recipe_path
 from resources.artifact_store import ArtifactStoreResource
 
 CheckResults = dict[str, tuple[bool, str]]
@@ -33,6 +33,7 @@ class BuildContext:
     upstream_dirs: dict[str, Path]
     store: ArtifactStore
     log: Any
+    upstream_manifests: dict[str, Manifest] = field(default_factory=dict)
 
 
 @dataclass
@@ -51,30 +52,55 @@ def node_code_version(node_name: str, partitions: list[str]) -> str:
     """Dagster code version: the node's code version plus its recipe sections across every partition,
     so editing a recipe section marks exactly that stage (and its downstream) unsynced in the UI."""
     node = NODES[node_name]
-    sections = [[load_recipe(partition).section(path) for path in node.sections] for partition in partitions]
+    sections = []
+    for partition in partitions:
+        try:
+            sections.append([load_recipe(partition).section(path) for path in node.sections])
+        except RecipeError:
+            # An invalid recipe must not stop the code location from loading: only materializing its
+            # partition fails, with the recipe's error. Its raw text stands in for the sections.
+            sections.append({"invalid_recipe": _raw_recipe_text(partition)})
     return f"{node.code_version}-{content_version(sections)}"
 
 
+def _raw_recipe_text(partition: str) -> str:
+    try:
+        return recipe_path(partition).read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def materialize_versioned(
-    context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResource, node_name: str, build: Builder
+    context: dg.AssetExecutionContext,
+    artifact_store: ArtifactStoreResource,
+    node_name: str,
+    build: Builder,
+    publishes_itself: bool = False,
 ) -> dg.MaterializeResult:
-    """Materialize `node_name` for the run's partition, reusing a complete artifact of the same version."""
+    """Materialize `node_name` for the run's partition, reusing a complete artifact of the same version.
+
+    With `publishes_itself`, `build` launches a job that publishes the artifact on its own (training
+    nodes write straight to the store); upstream artifacts are then only located, not downloaded here.
+    """
     started = time.monotonic()
     partition = context.partition_key
     recipe = load_recipe(partition)
     planned = plan_versions(recipe, nodes=[node_name])[node_name]
     store = artifact_store.get_store()
-    upstream_dirs = {
-        parent: store.local_path(store.require(parent, partition, planned.upstream[parent]))
-        for parent in NODES[node_name].upstream
-    }
+    upstream = {parent: store.require(parent, partition, planned.upstream[parent]) for parent in NODES[node_name].upstream}
+    upstream_dirs = {} if publishes_itself else {parent: store.local_path(manifest) for parent, manifest in upstream.items()}
     manifest = store.read_manifest(node_name, partition, planned.version)
     cached = manifest is not None
     ui_metadata: dict[str, Any] = {}
-    if manifest is None:
+    if manifest is None and publishes_itself:
+        context.log.info(f"{node_name}[{partition}] version {planned.version}: launching")
+        output = build(BuildContext(recipe, planned, Path(), upstream_dirs, store, context.log, upstream))
+        manifest = store.require(node_name, partition, planned.version)
+        ui_metadata = output.ui_metadata
+    elif manifest is None:
         context.log.info(f"{node_name}[{partition}] version {planned.version}: building")
         with store.writing(node_name, partition, planned.version, planned.upstream) as staged:
-            output = build(BuildContext(recipe, planned, staged.path, upstream_dirs, store, context.log))
+            output = build(BuildContext(recipe, planned, staged.path, upstream_dirs, store, context.log, upstream))
             staged.metadata = {**output.metadata, "checks": {name: list(result) for name, result in output.checks.items()}}
         manifest = staged.manifest
         ui_metadata = output.ui_metadata

@@ -32,6 +32,10 @@ class ArtifactMissingError(FileNotFoundError):
     """An upstream artifact of the requested version has not been published."""
 
 
+class ArtifactIntegrityError(OSError):
+    """A downloaded artifact file does not match the size or sha256 its manifest lists."""
+
+
 @dataclass(frozen=True)
 class ManifestFile:
     """One published file: path relative to the artifact folder, size in bytes, sha256."""
@@ -157,7 +161,9 @@ class ArtifactStore:
             return Path(self._path(manifest.asset, manifest.partition, manifest.version))
         target = self.cache_dir / manifest.asset / manifest.partition / manifest.version
         if (target / MANIFEST_NAME).is_file():
-            return target
+            cached = Manifest.from_json((target / MANIFEST_NAME).read_text())
+            if cached.files == manifest.files:
+                return target
         staging = target.with_name(f"{target.name}.{uuid.uuid4().hex}.part")
         staging.mkdir(parents=True)
         try:
@@ -166,6 +172,13 @@ class ArtifactStore:
                 destination = staging / entry.path
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 self.fs.get_file(f"{remote}/{entry.path}", str(destination))
+                size, digest = destination.stat().st_size, hash_file(destination)
+                if (size, digest) != (entry.size, entry.sha256):
+                    raise ArtifactIntegrityError(
+                        f"{remote}/{entry.path}: got {size} bytes with sha256 {digest}, but the manifest lists "
+                        f"{entry.size} bytes with sha256 {entry.sha256}; re-materialize "
+                        f"{manifest.asset} for partition {manifest.partition}"
+                    )
             (staging / MANIFEST_NAME).write_text(manifest.to_json())
             shutil.rmtree(target, ignore_errors=True)
             os.replace(staging, target)

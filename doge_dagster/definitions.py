@@ -9,11 +9,15 @@ import os
 import dagster as dg
 
 from assets.data import DATA_ASSETS
+from assets.training import TRAINING_ASSET_DEFS
 from jobs import JOBS
-from resources import ArtifactStoreResource
+from resources import ArtifactStoreResource, ComputeResource
 
 defs = dg.Definitions(
-    assets=DATA_ASSETS,
+    assets=[*DATA_ASSETS, *TRAINING_ASSET_DEFS],
     jobs=JOBS,
-    resources={"artifact_store": ArtifactStoreResource(root=os.environ.get("DOGE_ARTIFACT_ROOT", ".doge"))},
+    resources={
+        "artifact_store": ArtifactStoreResource(root=os.environ.get("DOGE_ARTIFACT_ROOT", ".doge")),
+        "compute": ComputeResource(),
+    },
 )

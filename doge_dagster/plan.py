@@ -55,6 +55,55 @@ NODES: dict[str, Node] = {
         )
         for stage, description in MIXTURE_DESCRIPTIONS.items()
     },
+    "doge_base": Node(
+        name="doge_base",
+        group="pretrain",
+        sections=("model", "stages.pretrain"),
+        upstream=("tokenizer", "pretrain_mixture"),
+        code_version="pretrain-1",
+        description="Doge base model: pretraining from scratch (or continued) with the WSD schedule.",
+    ),
+    "doge_instruct_sft": Node(
+        name="doge_instruct_sft",
+        group="instruct",
+        sections=("stages.sft",),
+        upstream=("doge_base", "sft_mixture", "tokenizer"),
+        code_version="sft-1",
+        description="Supervised fine-tuning of doge_base on conversations, assistant tokens only.",
+    ),
+    "doge_instruct": Node(
+        name="doge_instruct",
+        group="instruct",
+        sections=("stages.dpo",),
+        upstream=("doge_instruct_sft", "dpo_mixture", "tokenizer"),
+        code_version="dpo-1",
+        description="Doge instruct model: DPO (sigmoid, implicit reference) of the SFT model on preference pairs.",
+    ),
+    "doge_reason_distill": Node(
+        name="doge_reason_distill",
+        group="reason",
+        sections=("stages.distill",),
+        upstream=("doge_instruct", "distill_mixture", "tokenizer"),
+        code_version="distill-1",
+        description="Distillation SFT of the instruct model on reasoning traces kept as <think> blocks.",
+    ),
+    "doge_reason": Node(
+        name="doge_reason",
+        group="reason",
+        sections=("stages.grpo",),
+        upstream=("doge_reason_distill", "grpo_mixture", "tokenizer"),
+        code_version="grpo-1",
+        description="Doge reason model: GRPO with accuracy (math-verify) and format rewards.",
+    ),
+}
+
+# Training stage name -> model asset it produces.
+TRAINING_ASSETS = {
+    "pretrain": "doge_base",
+    "sft": "doge_instruct_sft",
+    "dpo": "doge_instruct",
+    "distill": "doge_reason_distill",
+    "grpo": "doge_reason",
 }
 
 

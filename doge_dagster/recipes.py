@@ -343,7 +343,14 @@ def canonical_json(value: Any) -> str:
     """JSON with sorted keys and no whitespace: equal content gives equal text."""
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    # Models nested in lists or dicts are dumped as data too (str() would follow dict insertion order).
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return str(value)
 
 
 def content_version(*parts: Any) -> str:

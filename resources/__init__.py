@@ -1,5 +1,6 @@
 """Dagster resources: where artifacts live and where compute runs."""
 
 from resources.artifact_store import ArtifactStoreResource
+from resources.compute import ComputeResource
 
-__all__ = ["ArtifactStoreResource"]
+__all__ = ["ArtifactStoreResource", "ComputeResource"]

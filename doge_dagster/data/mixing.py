@@ -153,8 +153,10 @@ def formatter_for(name: str, system_prompt: str | None = None) -> Formatter | No
 # -- sampling ---------------------------------------------------------------------------------------------
 def split_counts(total: int, ratios: Mapping[str, float]) -> dict[str, int]:
     """Integer shares of `total` by ratio (largest remainder), summing exactly to `total`."""
-    raw = {name: total * ratio for name, ratio in ratios.items()}
-    counts = {name: int(value) for name, value in raw.items()}
+    # Normalise: ratios may sum to 1 only within a tolerance, and large totals amplify the gap.
+    scale = sum(ratios.values()) or 1.0
+    raw = {name: total * ratio / scale for name, ratio in ratios.items()}
+    counts = {name: min(int(value), total) for name, value in raw.items()}
     leftover = total - sum(counts.values())
     for name in sorted(raw, key=lambda key: raw[key] - counts[key], reverse=True)[:leftover]:
         counts[name] += 1

@@ -1,0 +1,202 @@
+"""Benchmark the pretraining data path and the code location's load time, in one run.
+
+    .venv/bin/python bench/bench_data.py [--quick]
+
+Measures, on a fixed generated corpus (four pretraining sources in the Hub layout, BPE tokenizer trained on it):
+- mixer: `mixing.mix_datasets_by_ratio(kind="pretrain")` from `open_source` streams to train/test splits;
+- limit: batch tokenization, `tokenizer(texts, add_special_tokens=False)`, of as many documents per source as
+  the mixer used, texts already in memory (and, for reference, the Rust backend's `encode_batch_fast`);
+- seed: the seed's way, `Dataset.from_list(rows).map(tokenize, batched=True)` over whole sources, then a
+  second map that concatenates and chunks, `select` of the share, concatenate, shuffle, split;
+- load: `python -c "import doge_dagster.definitions"` against `python -c "import dagster"`.
+Prints a markdown table and appends it, dated, to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from doge_dagster.data import generated, mixing, sources  # noqa: E402
+from doge_dagster.data.tokenizer import train_bpe  # noqa: E402
+from doge_dagster.recipes import SourceRef, TokenizerRecipe  # noqa: E402
+
+RATIOS = {"fineweb-edu": 0.7, "cosmopedia-v2": 0.2, "python-edu": 0.05, "finemath": 0.05}
+MAX_LENGTH, SEED, BATCH = 2048, 233, 1000
+# Generated documents average 130-160 tokens: one row per 100 budget tokens leaves 30-60 % headroom.
+TOKENS_PER_ROW = 100
+
+
+def median_time(fn, repeats: int, warmup: int = 1):
+    """Median wall time of `fn()` over `repeats` runs after `warmup` untimed runs; also the last result."""
+    for _ in range(warmup):
+        fn()
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def build_corpus(root: Path, total_tokens: int):
+    """Write the four sources in the Hub layout; return their rows (in file order) and a trained tokenizer."""
+    rows = {}
+    for name, ratio in RATIOS.items():
+        count = max(200, math.ceil(total_tokens * ratio / TOKENS_PER_ROW))
+        generated.write_hub_layout(name, root, num_rows=count, seed=0)
+        rows[name] = list(generated.generate_rows(name, count, seed=0))  # same rows as the parquet files
+    sample = (row["text"] for name in RATIOS for row in rows[name][:5000])
+    tokenizer = train_bpe(sample, TokenizerRecipe(source="train_bpe", vocab_size=8192))
+    return rows, tokenizer
+
+
+def run_mixer(root: Path, tokenizer, total_tokens: int):
+    entries = [
+        {"name": name, "ratio": ratio,
+         "dataset": sources.open_source(SourceRef(dataset=name, ratio=ratio, kind="hub", path=str(root)), seed=SEED)}
+        for name, ratio in RATIOS.items()
+    ]
+    return mixing.mix_datasets_by_ratio(entries, total_tokens, tokenizer, kind="pretrain", max_length=MAX_LENGTH,
+                                        packing=True, seed=SEED)
+
+
+def run_limit(texts: list[str], encode) -> int:
+    """Tokenize `texts` in batches; return the token count with one EOS per document, as the mixer counts."""
+    return sum(sum(map(len, encode(texts[i:i + BATCH]))) for i in range(0, len(texts), BATCH)) + len(texts)
+
+
+def run_seed(rows: dict[str, list[dict]], tokenizer, total_tokens: int):
+    """The seed's pipeline: tokenize whole sources with datasets.map, pack with a second map, take the share."""
+    from datasets import Dataset, concatenate_datasets
+
+    eos = tokenizer.eos_token_id
+
+    def tokenize(batch):
+        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        return {"input_ids": [row + [eos] for row in ids]}
+
+    def group(batch):
+        flat = [token for ids in batch["input_ids"] for token in ids]
+        usable = len(flat) // MAX_LENGTH * MAX_LENGTH
+        return {"input_ids": [flat[i:i + MAX_LENGTH] for i in range(0, usable, MAX_LENGTH)]}
+
+    parts = []
+    for name, ratio in RATIOS.items():
+        dataset = Dataset.from_list(rows[name])
+        dataset = dataset.map(tokenize, batched=True, remove_columns=dataset.column_names)
+        dataset = dataset.map(group, batched=True)
+        parts.append(dataset.select(range(min(len(dataset), math.ceil(total_tokens * ratio / MAX_LENGTH)))))
+    mixed = concatenate_datasets(parts).shuffle(seed=SEED)
+    return mixed.train_test_split(test_size=0.02, seed=SEED)
+
+
+def import_seconds(code: str, repeats: int) -> float:
+    """Median wall time of a fresh interpreter running `code` (one untimed warm-up run)."""
+    def once():
+        subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)
+    return median_time(once, repeats)[0]
+
+
+def machine() -> str:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 platform.processor() or "unknown CPU")
+    import datasets
+    import tokenizers
+    import transformers
+    return (f"{model}, {os.cpu_count()} cores (affinity {len(os.sched_getaffinity(0))}), Python "
+            f"{platform.python_version()}, datasets {datasets.__version__}, tokenizers {tokenizers.__version__}, "
+            f"transformers {transformers.__version__}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1M tokens instead of 5M")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per measure (median reported)")
+    parser.add_argument("--no-write", action="store_true", help="print only, do not append to bench/RESULTS.md")
+    args = parser.parse_args()
+    total = 1_000_000 if args.quick else 5_000_000
+
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.disable_caching()
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
+        root = Path(tmp)
+        start = time.perf_counter()
+        rows, tokenizer = build_corpus(root, total)
+        setup = time.perf_counter() - start
+        print(f"corpus {sum(map(len, rows.values())):,} rows + tokenizer ({len(tokenizer)} tokens) in {setup:.1f} s",
+              flush=True)
+
+        mixer_s, (splits, stats) = median_time(lambda: run_mixer(root, tokenizer, total), args.repeats)
+        out_tokens = sum(s.tokens for s in stats.sources.values())
+        assert out_tokens == total and stats.max_ratio_error() < 1e-3, stats.to_dict()
+        print(f"mixer {mixer_s:.2f} s, {len(splits['train'])}+{len(splits['test'])} rows", flush=True)
+
+        # Limit: as many documents per source as the mixer used, texts in memory, same tokenizer.
+        texts = [row["text"] for name, s in stats.sources.items() for row in rows[name][:s.rows_used]]
+        call = lambda batch: tokenizer(batch, add_special_tokens=False)["input_ids"]  # noqa: E731
+        backend = tokenizer.backend_tokenizer
+        fast = lambda batch: [e.ids for e in backend.encode_batch_fast(batch, add_special_tokens=False)]  # noqa: E731
+        limit_s, limit_tokens = median_time(lambda: run_limit(texts, call), args.repeats)
+        fast_s, fast_tokens = median_time(lambda: run_limit(texts, fast), args.repeats)
+        print(f"limit {limit_s:.2f} s, backend {fast_s:.2f} s", flush=True)
+
+        seed_s, seed_splits = median_time(lambda: run_seed(rows, tokenizer, total), max(1, args.repeats - 1))
+        seed_tokens = (len(seed_splits["train"]) + len(seed_splits["test"])) * MAX_LENGTH
+        print(f"seed {seed_s:.2f} s", flush=True)
+
+    load_s = import_seconds("import doge_dagster.definitions", 5)
+    bare_s = import_seconds("import dagster", 5)
+
+    rate = {"mixer": total / mixer_s, "limit": limit_tokens / limit_s, "backend": fast_tokens / fast_s,
+            "seed": seed_tokens / seed_s}
+    mode = "quick, 1M tokens" if args.quick else "full, 5M tokens"
+    rows_md = [
+        ("mixer `mix_datasets_by_ratio` (stream, tokenize, pack, split)", f"{rate['mixer'] / 1e6:.2f}M tok/s", "", ""),
+        ("limit `tokenizer(texts)`, same doc count, in memory", f"{rate['limit'] / 1e6:.2f}M tok/s", "", ""),
+        ("limit, Rust backend `encode_batch_fast`", f"{rate['backend'] / 1e6:.2f}M tok/s", "", ""),
+        ("seed `from_list` + `map` tokenize + `map` pack", f"{rate['seed'] / 1e6:.2f}M tok/s", "", ""),
+        ("**mixer / limit**", f"{rate['mixer'] / rate['limit']:.2f}x", ">= 0.8x", rate["mixer"] / rate["limit"] >= 0.8),
+        ("mixer / backend limit (reference)", f"{rate['mixer'] / rate['backend']:.2f}x", "", ""),
+        ("**mixer / seed**", f"{rate['mixer'] / rate['seed']:.2f}x", ">= 2x", rate["mixer"] / rate["seed"] >= 2),
+        ("`import doge_dagster.definitions`", f"{load_s:.2f} s", "", ""),
+        ("`import dagster`", f"{bare_s:.2f} s", "", ""),
+        ("**load / bare**", f"{load_s / bare_s:.2f}x", "<= 1.5x", load_s / bare_s <= 1.5),
+    ]
+    table = ["| measure | value | goal | met |", "|---|---|---|---|"]
+    table += [f"| {name} | {value} | {goal} | {'' if met == '' else ('yes' if met else 'NO')} |"
+              for name, value, goal, met in rows_md]
+    report = "\n".join([
+        f"## {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} ({mode})", "",
+        f"Machine: {machine()}.", "",
+        f"Mixer: {total:,} tokens, ratios 0.7/0.2/0.05/0.05, packed to {MAX_LENGTH}, median of {args.repeats} after "
+        f"a warm-up; corpus {sum(map(len, rows.values())):,} generated rows; seed pipeline median of "
+        f"{max(1, args.repeats - 1)}, {seed_tokens:,} tokens out; imports median of 5 fresh interpreters.", "",
+        *table, "",
+    ])
+    print("\n" + report)
+    if not args.no_write:
+        results = ROOT / "bench" / "RESULTS.md"
+        if not results.exists():
+            results.write_text("# Benchmark results\n\nAppended by the scripts in bench/ (see bench/README.md).\n\n")
+        with results.open("a") as handle:
+            handle.write(report + "\n")
+
+
+if __name__ == "__main__":
+    main()

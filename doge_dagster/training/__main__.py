@@ -1,0 +1,18 @@
+"""`python -m doge_dagster.training STAGE --spec SPEC.json`: run one training stage (under `accelerate launch`)."""
+
+import argparse
+
+from doge_dagster.training.runner import STAGE_MODULES, run_stage
+
+
+def main() -> None:
+    """Parse the command line and run the stage."""
+    parser = argparse.ArgumentParser(prog="python -m doge_dagster.training", description=__doc__)
+    parser.add_argument("stage", choices=sorted(STAGE_MODULES))
+    parser.add_argument("--spec", required=True, help="launch spec JSON written by the orchestrator")
+    arguments = parser.parse_args()
+    run_stage(arguments.stage, arguments.spec)
+
+
+if __name__ == "__main__":
+    main()

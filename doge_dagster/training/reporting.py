@@ -1,0 +1,100 @@
+"""Progress and results from the training process: Dagster Pipes on global rank 0, plain logs elsewhere.
+
+Only rank 0 opens Pipes: every rank's "closed" message would otherwise end the session early and the
+step fails with "returned an output multiple times".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+
+def global_rank() -> int:
+    """The process's global rank under accelerate/torchrun (0 when not distributed)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+class Reporter:
+    """Progress lines into the Dagster run log (rank 0 under Pipes) and stderr; silent on other ranks."""
+
+    def __init__(self, pipes: Any | None):
+        self.pipes = pipes
+
+    @property
+    def is_main(self) -> bool:
+        """True on global rank 0."""
+        return global_rank() == 0
+
+    def info(self, message: str) -> None:
+        """A progress line in the run log."""
+        if not self.is_main:
+            return
+        if self.pipes is not None:
+            self.pipes.log.info(message)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def open_reporter() -> Iterator[Reporter]:
+    """A reporter; opens Dagster Pipes only on rank 0 of a process launched through Pipes."""
+    if global_rank() != 0:
+        yield Reporter(None)
+        return
+    from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
+
+    if DAGSTER_PIPES_CONTEXT_ENV_VAR not in os.environ:  # launched by hand, not through Dagster
+        yield Reporter(None)
+        return
+    with open_dagster_pipes() as pipes:
+        yield Reporter(pipes)
+
+
+def progress_callback(reporter: Reporter, max_steps_hint: int | None = None):
+    """A transformers `TrainerCallback` that logs step, loss, LR and tokens/s and keeps the loss curve."""
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.curve: list[tuple[int, float]] = []
+            self.eval_losses: list[tuple[int, float]] = []
+            self.rewards: list[tuple[int, float]] = []
+            self.started = time.monotonic()
+            self.train_started: float | None = None
+            self.first_step: int | None = None
+            self.first_tokens = 0
+            self.tokens_seen = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.train_started = time.monotonic()
+            self.first_step = state.global_step
+            self.first_tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            self.tokens_seen = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+            if "loss" in logs:
+                self.curve.append((state.global_step, float(logs["loss"])))
+            if "eval_loss" in logs:
+                self.eval_losses.append((state.global_step, float(logs["eval_loss"])))
+            if "reward" in logs:
+                self.rewards.append((state.global_step, float(logs["reward"])))
+            elapsed = time.monotonic() - (self.train_started or self.started)
+            rate = (self.tokens_seen - self.first_tokens) / elapsed if elapsed > 0 else 0.0
+            parts = [f"step {state.global_step}/{state.max_steps}"]
+            for key in ("loss", "eval_loss", "reward", "learning_rate", "grad_norm"):
+                if key in logs:
+                    parts.append(f"{key} {logs[key]:.4g}")
+            parts.append(f"tokens/s {rate:,.0f}")
+            reporter.info(" | ".join(parts))
+
+        def tokens_per_second(self) -> float:
+            elapsed = time.monotonic() - (self.train_started or self.started)
+            return (self.tokens_seen - self.first_tokens) / elapsed if elapsed > 0 else 0.0
+
+    return ProgressCallback()
