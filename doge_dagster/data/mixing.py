@@ -14,14 +14,16 @@ Fixes of the seed's mixer, each tested:
 from __future__ import annotations
 
 import random
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 from doge_dagster.data.registry import dataset_spec
 
 if TYPE_CHECKING:
-    from datasets import DatasetDict
+    from datasets import Dataset, DatasetDict
     from transformers import PreTrainedTokenizerBase
 
 Row = dict[str, Any]
@@ -33,6 +35,7 @@ DEFAULT_THINKING_PROMPT = (
     "then give the final answer after the closing tag."
 )
 TOKENIZE_BATCH = 512
+MATERIALISE_ROWS = 10_000  # rows per Arrow table while the mixture is built
 
 
 class MixingError(ValueError):
@@ -174,16 +177,69 @@ def _batched(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
         yield batch
 
 
+def _text_batches(rows: Iterable[Row], text_field: str, size: int) -> Iterator[list[str]]:
+    """The `text_field` of `rows`, `size` rows at a time, in row order.
+
+    A `datasets` dataset (a stream from `open_source`) is read in Arrow batches of its text column only, so
+    no Python dict is built per row; any other iterable of rows is batched row by row.
+    """
+    from datasets import Dataset, IterableDataset
+
+    if isinstance(rows, (Dataset, IterableDataset)):
+        columns = rows.column_names
+        if columns is not None and text_field in columns and len(columns) > 1:
+            rows = rows.select_columns([text_field])
+        for batch in rows.iter(batch_size=size):
+            yield batch[text_field]
+        return
+    for batch in _batched(rows, size):
+        yield [row[text_field] for row in batch]
+
+
+def _batch_encoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[str]], list[list[int]]]:
+    """`texts -> token ids` without special tokens, the same ids as `tokenizer(texts, add_special_tokens=False)`.
+
+    For a plain fast tokenizer, whose `__call__` comes down to the Rust backend's `encode_batch`, the backend is
+    called directly (`encode_batch_fast`, no offsets): the per-text `BatchEncoding` conversion cost about a third
+    of the tokenizing time. Anything else (subclasses with their own encoding, backend truncation or padding
+    left on) goes through `__call__`.
+    """
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+    def call(texts: list[str]) -> list[list[int]]:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    cls, backend = type(tokenizer), getattr(tokenizer, "backend_tokenizer", None)
+    plain = (
+        isinstance(tokenizer, PreTrainedTokenizerFast)
+        and cls.__call__ is PreTrainedTokenizerBase.__call__
+        and cls._encode_plus is PreTrainedTokenizerFast._encode_plus
+        and not hasattr(tokenizer, "_switch_to_input_mode")
+        and backend is not None
+        and backend.truncation is None
+        and backend.padding is None
+        and backend.encode_special_tokens == bool(tokenizer.split_special_tokens)
+    )
+    if not plain:
+        return call
+    encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
+
+    def direct(texts: list[str]) -> list[list[int]]:
+        return [encoding.ids for encoding in encode_batch(texts, add_special_tokens=False)]
+
+    return direct
+
+
 def _document_stream(
     name: str, rows: Iterable[Row], text_field: str, tokenizer: PreTrainedTokenizerBase, budget: int, stats: SourceStats
 ) -> Iterator[list[int]]:
     """Token ids of documents (EOS appended), tokenized batch by batch, until `budget` tokens are out."""
     eos = tokenizer.eos_token_id
+    encode = _batch_encoder(tokenizer)
     remaining = budget
-    for batch in _batched(rows, TOKENIZE_BATCH):
-        stats.rows_read += len(batch)
-        encoded = tokenizer([row[text_field] for row in batch], add_special_tokens=False)["input_ids"]
-        for ids in encoded:
+    for texts in _text_batches(rows, text_field, TOKENIZE_BATCH):
+        stats.rows_read += len(texts)
+        for ids in encode(texts):
             ids.append(eos)
             if len(ids) >= remaining:
                 ids = ids[:remaining]
@@ -199,16 +255,36 @@ def _document_stream(
     )
 
 
-def _pack(documents: Iterator[list[int]], max_length: int, pad_id: int) -> Iterator[Row]:
-    """Concatenate documents (each ends with EOS) and cut rows of exactly `max_length`; pad the last."""
-    buffer: list[int] = []
+def _pack(documents: Iterable[list[int]], max_length: int, pad_id: int) -> Iterator[Dataset]:
+    """Concatenate documents (each ends with EOS) and cut rows of exactly `max_length`; pad the last.
+
+    Tokens gather in a flat C int buffer (not Python lists) and leave as `input_ids` datasets of up to
+    `MATERIALISE_ROWS` rows, built straight from Arrow buffers.
+    """
+    rows_per_part = max(1, min(MATERIALISE_ROWS, (2**31 - 1) // max_length))  # int32 list offsets
+    part_tokens = rows_per_part * max_length
+    buffer = array("i")
     for ids in documents:
         buffer.extend(ids)
-        while len(buffer) >= max_length:
-            yield {"input_ids": buffer[:max_length]}
-            del buffer[:max_length]
+        if len(buffer) >= part_tokens:
+            yield _packed_dataset(buffer[:part_tokens], max_length)
+            del buffer[:part_tokens]
     if buffer:
-        yield {"input_ids": buffer + [pad_id] * (max_length - len(buffer))}
+        buffer.extend([pad_id] * (-len(buffer) % max_length))
+        yield _packed_dataset(buffer, max_length)
+
+
+def _packed_dataset(tokens: array, max_length: int) -> Dataset:
+    """An `input_ids` dataset of rows of `max_length` tokens, typed list<int32> as `Dataset.from_list` types it."""
+    import numpy as np
+    import pyarrow as pa
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    values = pa.array(np.frombuffer(tokens, dtype=np.intc))
+    offsets = pa.array(np.arange(0, len(tokens) + 1, max_length, dtype=np.int32))
+    table = pa.Table.from_arrays([pa.ListArray.from_arrays(offsets, values)], names=["input_ids"])
+    return Dataset(InMemoryTable(table))
 
 
 def _interleave(streams: dict[str, Iterator[list[int]]], weights: dict[str, int], seed: int) -> Iterator[list[int]]:
@@ -216,13 +292,16 @@ def _interleave(streams: dict[str, Iterator[list[int]]], weights: dict[str, int]
     rng = random.Random(seed)
     live = dict(streams)
     names = list(live)
+    # `choices(weights=w)` accumulates `w` on every call; passing the sums draws exactly the same.
+    cum_weights = list(accumulate(weights[n] for n in names))
     while live:
-        name = rng.choices(names, weights=[weights[n] for n in names])[0]
+        name = rng.choices(names, cum_weights=cum_weights)[0]
         try:
             yield next(live[name])
         except StopIteration:
             del live[name]
             names = list(live)
+            cum_weights = list(accumulate(weights[n] for n in names))
 
 
 def mix_datasets_by_ratio(
@@ -260,10 +339,11 @@ def mix_datasets_by_ratio(
     stats = MixtureStats(unit="tokens" if kind == "pretrain" else "examples", requested_ratios=ratios)
     targets = split_counts(total_sample_size, ratios)
     if kind == "pretrain":
-        rows = _pretrain_rows(entries, targets, stats, processing_class, dataset_text_field, max_length, seed)
+        parts = _pretrain_parts(entries, targets, stats, processing_class, dataset_text_field, max_length, seed)
     else:
         rows = _example_rows(entries, targets, stats, processing_class, kind, max_length, formatting_func, seed)
-    dataset = _materialise(rows)
+        parts = _example_parts(rows)
+    dataset = _materialise(parts)
     splits = dataset.train_test_split(test_size=test_size, seed=seed) if len(dataset) > 1 else None
     if splits is None or len(splits["test"]) == 0 or len(splits["train"]) == 0:
         raise MixingError(f"the mixture has {len(dataset)} row(s): too few for a train and a test split; raise total_size")
@@ -280,7 +360,7 @@ def _normalise_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
     return {"name": names[0], "ratio": entry[names[0]], "dataset": entry["dataset"]}
 
 
-def _pretrain_rows(entries, targets, stats, tokenizer, text_field, max_length, seed) -> Iterator[Row]:
+def _pretrain_parts(entries, targets, stats, tokenizer, text_field, max_length, seed) -> Iterator[Dataset]:
     streams = {}
     for entry in entries:
         name = entry["name"]
@@ -338,11 +418,19 @@ def _example_lengths(tokenizer: PreTrainedTokenizerBase, examples: list[Row]) ->
     return lengths
 
 
-def _materialise(rows: Iterator[Row]):
-    """Build the dataset in Arrow batches, so rows never pile up as Python objects."""
-    from datasets import Dataset, concatenate_datasets
+def _example_parts(rows: Iterator[Row]) -> Iterator[Dataset]:
+    """Datasets of up to `MATERIALISE_ROWS` examples, so rows never pile up as Python objects."""
+    from datasets import Dataset
 
-    tables = [Dataset.from_list(batch) for batch in _batched(rows, 10_000)]
+    for batch in _batched(rows, MATERIALISE_ROWS):
+        yield Dataset.from_list(batch)
+
+
+def _materialise(parts: Iterator[Dataset]) -> Dataset:
+    """One dataset from the mixture's parts, in order."""
+    from datasets import concatenate_datasets
+
+    tables = list(parts)
     if not tables:
         raise MixingError("the mixture is empty: every source contributed nothing")
     return concatenate_datasets(tables) if len(tables) > 1 else tables[0]
