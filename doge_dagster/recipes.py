@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RECIPES_DIR = Path(os.environ.get("DOGE_RECIPES_DIR", PROJECT_ROOT / "recipes"))
-ACCELERATE_CONFIGS_DIR = RECIPES_DIR / "accelerate"
+ACCELERATE_CONFIGS_DIR = PROJECT_ROOT / "recipes" / "accelerate"
 
 MIXTURE_KINDS: dict[str, DatasetKind] = {
     "pretrain": "text",

@@ -17,6 +17,23 @@ from doge_dagster.training.launch import accelerate_command
 from doge_dagster.training.spec import StageSpec
 
 
+class SlurmSettings(dg.Config):
+    """How to reach Slurm: the folder shared by the Dagster host and the nodes, polling, extra sbatch lines."""
+
+    shared_dir: str = Field(default="/tmp/doge-slurm", description="Folder on the shared filesystem for scripts, logs and Pipes files.")
+    poll_interval_s: float = Field(default=2.0, description="Seconds between job state polls.")
+    python: str | None = Field(default=None, description="Python on the nodes (default: this interpreter).")
+
+
+class KubernetesSettings(dg.Config):
+    """How to run pods: namespace, image, service account and how long to wait for a pod."""
+
+    namespace: str = Field(default="default", description="Namespace of the training pods.")
+    image: str | None = Field(default=None, description="Default image when the recipe names none.")
+    service_account: str | None = Field(default=None, description="Service account of the pods.")
+    pod_wait_timeout_s: float = Field(default=7 * 24 * 3600, description="Longest wait for a pod (multi-day runs).")
+
+
 class ComputeResource(dg.ConfigurableResource):
     """Launches training stages with `accelerate launch` through Dagster Pipes.
 
@@ -28,6 +45,8 @@ class ComputeResource(dg.ConfigurableResource):
     backend: Literal["local", "slurm", "kubernetes"] = Field(default="local", description="Where stages run.")
     scratch_dir: str = Field(default="/tmp/doge-work", description="Checkpoint folder for remote artifact stores.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for training processes.")
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings, description="Slurm settings (backend=slurm).")
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings, description="Kubernetes settings (backend=kubernetes).")
 
     def run_stage(
         self, context: dg.AssetExecutionContext, spec: StageSpec, launch: LaunchRecipe
@@ -36,9 +55,16 @@ class ComputeResource(dg.ConfigurableResource):
         work_dir = Path(spec.work_dir)
         work_dir.mkdir(parents=True, exist_ok=True)
         spec_path = spec.write(work_dir / "spec.json")
-        if self.backend != "local":
-            raise dg.Failure(f"compute backend {self.backend!r} is configured but not available in this build; use 'local'")
+        env = {**self.env, **launch.env}
+        if self.backend == "slurm":
+            from resources.slurm import run_on_slurm
+
+            return run_on_slurm(context, self.slurm, spec, spec_path, launch, env)
+        if self.backend == "kubernetes":
+            from resources.kubernetes import run_on_kubernetes
+
+            return run_on_kubernetes(context, self.kubernetes, spec, spec_path, launch, env)
         command = accelerate_command(spec.stage, str(spec_path), launch)
         context.log.info("launching: " + " ".join(command))
-        client = dg.PipesSubprocessClient(cwd=str(PROJECT_ROOT), env={**self.env, **launch.env})
+        client = dg.PipesSubprocessClient(cwd=str(PROJECT_ROOT), env=env)
         return client.run(context=context, command=command)
