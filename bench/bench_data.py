@@ -39,16 +39,20 @@ MAX_LENGTH, SEED, BATCH = 2048, 233, 1000
 TOKENS_PER_ROW = 100
 
 
-def median_time(fn, repeats: int, warmup: int = 1):
-    """Median wall time of `fn()` over `repeats` runs after `warmup` untimed runs; also the last result."""
-    for _ in range(warmup):
-        fn()
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+def timed_rounds(fns: dict, rounds: int) -> tuple[dict[str, float], dict]:
+    """Median seconds of each fn over `rounds`, after one untimed warm-up round; also each fn's last result.
+
+    The fns run in turn within every round, so background load on the machine hits them alike.
+    """
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    results = {}
+    for round_index in range(rounds + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            results[name] = fn()
+            if round_index:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}, results
 
 
 def build_corpus(root: Path, total_tokens: int):
@@ -103,11 +107,9 @@ def run_seed(rows: dict[str, list[dict]], tokenizer, total_tokens: int):
     return mixed.train_test_split(test_size=0.02, seed=SEED)
 
 
-def import_seconds(code: str, repeats: int) -> float:
-    """Median wall time of a fresh interpreter running `code` (one untimed warm-up run)."""
-    def once():
-        subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)
-    return median_time(once, repeats)[0]
+def run_python(code: str) -> None:
+    """A fresh interpreter running `code` in the project root."""
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)
 
 
 def machine() -> str:
@@ -125,7 +127,7 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1M tokens instead of 5M")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per measure (median reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
     parser.add_argument("--no-write", action="store_true", help="print only, do not append to bench/RESULTS.md")
     args = parser.parse_args()
     total = 1_000_000 if args.quick else 5_000_000
@@ -134,6 +136,7 @@ def main() -> None:
 
     datasets.disable_progress_bars()
     datasets.disable_caching()
+    start_load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         root = Path(tmp)
         start = time.perf_counter()
@@ -142,29 +145,30 @@ def main() -> None:
         print(f"corpus {sum(map(len, rows.values())):,} rows + tokenizer ({len(tokenizer)} tokens) in {setup:.1f} s",
               flush=True)
 
-        mixer_s, (splits, stats) = median_time(lambda: run_mixer(root, tokenizer, total), args.repeats)
-        out_tokens = sum(s.tokens for s in stats.sources.values())
-        assert out_tokens == total and stats.max_ratio_error() < 1e-3, stats.to_dict()
-        print(f"mixer {mixer_s:.2f} s, {len(splits['train'])}+{len(splits['test'])} rows", flush=True)
-
-        # Limit: as many documents per source as the mixer used, texts in memory, same tokenizer.
+        # A first mixer run gives the documents used per source (the same every run: seeded).
+        _, stats = run_mixer(root, tokenizer, total)
+        assert sum(s.tokens for s in stats.sources.values()) == total and stats.max_ratio_error() < 1e-3
         texts = [row["text"] for name, s in stats.sources.items() for row in rows[name][:s.rows_used]]
-        call = lambda batch: tokenizer(batch, add_special_tokens=False)["input_ids"]  # noqa: E731
         backend = tokenizer.backend_tokenizer
-        fast = lambda batch: [e.ids for e in backend.encode_batch_fast(batch, add_special_tokens=False)]  # noqa: E731
-        limit_s, limit_tokens = median_time(lambda: run_limit(texts, call), args.repeats)
-        fast_s, fast_tokens = median_time(lambda: run_limit(texts, fast), args.repeats)
-        print(f"limit {limit_s:.2f} s, backend {fast_s:.2f} s", flush=True)
+        seconds, results = timed_rounds({
+            "mixer": lambda: run_mixer(root, tokenizer, total),
+            "limit": lambda: run_limit(texts, lambda batch: tokenizer(batch, add_special_tokens=False)["input_ids"]),
+            "backend": lambda: run_limit(texts, lambda batch: [
+                e.ids for e in backend.encode_batch_fast(batch, add_special_tokens=False)]),
+            "seed": lambda: run_seed(rows, tokenizer, total),
+        }, args.repeats)
+        print("seconds: " + ", ".join(f"{name} {value:.2f}" for name, value in seconds.items()), flush=True)
 
-        seed_s, seed_splits = median_time(lambda: run_seed(rows, tokenizer, total), max(1, args.repeats - 1))
-        seed_tokens = (len(seed_splits["train"]) + len(seed_splits["test"])) * MAX_LENGTH
-        print(f"seed {seed_s:.2f} s", flush=True)
+    imports, _ = timed_rounds({"load": lambda: run_python("import doge_dagster.definitions"),
+                               "bare": lambda: run_python("import dagster")}, 5)
+    load_s, bare_s = imports["load"], imports["bare"]
+    seed_splits = results["seed"]
+    seed_tokens = (len(seed_splits["train"]) + len(seed_splits["test"])) * MAX_LENGTH
+    corpus_rows, rows_read = sum(map(len, rows.values())), sum(s.rows_read for s in stats.sources.values())
+    load_avg = f"{start_load:.2f} / {os.getloadavg()[0]:.2f}"
 
-    load_s = import_seconds("import doge_dagster.definitions", 5)
-    bare_s = import_seconds("import dagster", 5)
-
-    rate = {"mixer": total / mixer_s, "limit": limit_tokens / limit_s, "backend": fast_tokens / fast_s,
-            "seed": seed_tokens / seed_s}
+    rate = {"mixer": total / seconds["mixer"], "limit": results["limit"] / seconds["limit"],
+            "backend": results["backend"] / seconds["backend"], "seed": seed_tokens / seconds["seed"]}
     mode = "quick, 1M tokens" if args.quick else "full, 5M tokens"
     rows_md = [
         ("mixer `mix_datasets_by_ratio` (stream, tokenize, pack, split)", f"{rate['mixer'] / 1e6:.2f}M tok/s", "", ""),
@@ -184,17 +188,18 @@ def main() -> None:
     report = "\n".join([
         f"## {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} ({mode})", "",
         f"Machine: {machine()}.", "",
-        f"Mixer: {total:,} tokens, ratios 0.7/0.2/0.05/0.05, packed to {MAX_LENGTH}, median of {args.repeats} after "
-        f"a warm-up; corpus {sum(map(len, rows.values())):,} generated rows; seed pipeline median of "
-        f"{max(1, args.repeats - 1)}, {seed_tokens:,} tokens out; imports median of 5 fresh interpreters.", "",
+        f"Mixer: {total:,} tokens, ratios 0.7/0.2/0.05/0.05, packed to {MAX_LENGTH}; it read {rows_read:,} of the "
+        f"{corpus_rows:,} generated rows, which the seed pipeline tokenizes whole ({seed_tokens:,} tokens out). "
+        f"Medians of {args.repeats} interleaved rounds after a warm-up round; imports: medians of 5 fresh "
+        f"interpreters each, interleaved. 1-min load average at start / end: {load_avg}.", "",
         *table, "",
     ])
     print("\n" + report)
     if not args.no_write:
-        results = ROOT / "bench" / "RESULTS.md"
-        if not results.exists():
-            results.write_text("# Benchmark results\n\nAppended by the scripts in bench/ (see bench/README.md).\n\n")
-        with results.open("a") as handle:
+        path = ROOT / "bench" / "RESULTS.md"
+        if not path.exists():
+            path.write_text("# Benchmark results\n\nAppended by the scripts in bench/ (see bench/README.md).\n\n")
+        with path.open("a") as handle:
             handle.write(report + "\n")
 
 

@@ -377,9 +377,9 @@ def _example_rows(entries, targets, stats, tokenizer, kind, max_length, formatti
         name = entry["name"]
         spec = dataset_spec(name)
         source_stats = stats.sources[name] = SourceStats(target=targets[name])
-        for batch in _batched(entry["dataset"], TOKENIZE_BATCH):
-            if source_stats.rows_used >= targets[name]:
-                break
+        # Stop right after the batch that meets the target: checking before pulling the next batch
+        # read (and, for a Hub stream, downloaded) a whole extra batch for nothing.
+        for batch in _batched(entry["dataset"] if targets[name] > 0 else (), TOKENIZE_BATCH):
             source_stats.rows_read += len(batch)
             examples = [convert_row(spec.kind, row) for row in batch]
             if formatting_func is not None:
@@ -393,6 +393,8 @@ def _example_rows(entries, targets, stats, tokenizer, kind, max_length, formatti
                 source_stats.rows_used += 1
                 source_stats.tokens += length
                 chosen.append({**example, "source": name})
+            if source_stats.rows_used >= targets[name]:
+                break
         if source_stats.rows_used < targets[name]:
             raise MixingError(
                 f"source {name!r} gave {source_stats.rows_used} usable examples of the {targets[name]} asked "

@@ -1,0 +1,108 @@
+"""GPU training throughput of the seed Doge shapes: tokens/s and MFU at bf16, sequence 2048.
+
+Run where a GPU is available:  python bench/bench_gpu.py --sizes 20M 160M
+It builds `DogeForCausalLM` from the recipe's model section (the same code path as `doge_base`), trains
+on random tokens with fused AdamW under bf16 autocast, and reports tokens/s and model FLOPs
+utilization (6·N·tokens plus attention FLOPs, against the card's dense bf16 peak). `--device cpu
+--steps 2 --seq 128` is a smoke run that keeps the script honest on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import time
+from pathlib import Path
+
+import torch
+from transformers import DogeConfig, DogeForCausalLM
+
+from doge_dagster.recipes import load_recipe
+
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12, "A10G": 125e12}
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def model_for(size: str) -> DogeForCausalLM:
+    """The recipe's Doge architecture with random weights."""
+    fields = load_recipe(size).model.model_dump()
+    fields["vocab_size"] = 32768 if fields["vocab_size"] == "tokenizer" else fields["vocab_size"]
+    return DogeForCausalLM(DogeConfig(**fields, router_aux_loss_coef=0.0))
+
+
+def flops_per_token(model: DogeForCausalLM, seq: int) -> float:
+    """Training FLOPs per token: 6N for the dense parameters plus 12·layers·hidden·seq for attention."""
+    config = model.config
+    parameters = sum(p.numel() for p in model.parameters())
+    return 6 * parameters + 12 * config.num_hidden_layers * config.hidden_size * seq
+
+
+def bench(size: str, device: str, batch: int, seq: int, steps: int, warmup: int, compile_model: bool) -> dict:
+    """Time `steps` optimizer steps after `warmup`; return throughput numbers."""
+    torch.manual_seed(0)
+    model = model_for(size).to(device)
+    if compile_model:
+        model = torch.compile(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=device == "cuda")
+    tokens = torch.randint(0, model.config.vocab_size, (batch, seq), device=device)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+
+    def step() -> None:
+        with torch.autocast(device_type=device, dtype=dtype, enabled=device == "cuda"):
+            loss = model(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    tokens_per_second = batch * seq * steps / seconds
+    card = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    peak = next((value for key, value in PEAK_BF16_FLOPS.items() if key in card), None)
+    mfu = flops_per_token(model, seq) * tokens_per_second / peak if peak else None
+    memory = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    return {"size": size, "card": card, "batch": batch, "seq": seq, "tokens_per_s": tokens_per_second, "mfu": mfu, "peak_gb": memory}
+
+
+def main() -> None:
+    """Parse arguments, run each size, print and record a markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["20M", "160M"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
+    args = parser.parse_args()
+    rows = [bench(size, args.device, args.batch, args.seq, args.steps, args.warmup, args.compile) for size in args.sizes]
+    lines = [
+        f"### GPU training throughput, {datetime.date.today()}, {rows[0]['card']}, bf16={args.device == 'cuda'}, compile={args.compile}",
+        "",
+        "| shape | batch x seq | tokens/s | MFU | peak GiB |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "n/a"
+        memory = f"{row['peak_gb']:.1f}" if row["peak_gb"] is not None else "n/a"
+        lines.append(f"| Doge-{row['size']} | {row['batch']} x {row['seq']} | {row['tokens_per_s']:,.0f} | {mfu} | {memory} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.record:
+        with RESULTS.open("a") as handle:
+            handle.write("\n" + table + "\n")
+
+
+if __name__ == "__main__":
+    main()
