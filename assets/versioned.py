@@ -17,7 +17,7 @@ import dagster as dg
 
 from doge_dagster.artifacts import ArtifactStore, Manifest
 from doge_dagster.plan import NODES, Planned, plan_versions
-from doge_dagster.recipes import Recipe, RecipeError, content_version, load_recipe, recipe_path
+from doge_dagster.recipes import apply_overrides, overrides_from_tags, Recipe, RecipeError, content_version, load_recipe, recipe_path
 from resources.artifact_store import ArtifactStoreResource
 
 CheckResults = dict[str, tuple[bool, str]]
@@ -70,6 +70,11 @@ def _raw_recipe_text(partition: str) -> str:
         return ""
 
 
+def run_recipe(context: dg.AssetExecutionContext) -> Recipe:
+    """The partition's recipe with the run's override tags applied (every step of a run sees the same)."""
+    return apply_overrides(load_recipe(context.partition_key), overrides_from_tags(context.run.tags))
+
+
 def materialize_versioned(
     context: dg.AssetExecutionContext,
     artifact_store: ArtifactStoreResource,
@@ -84,7 +89,7 @@ def materialize_versioned(
     """
     started = time.monotonic()
     partition = context.partition_key
-    recipe = load_recipe(partition)
+    recipe = run_recipe(context)
     planned = plan_versions(recipe, nodes=[node_name])[node_name]
     store = artifact_store.get_store()
     upstream = {parent: store.require(parent, partition, planned.upstream[parent]) for parent in NODES[node_name].upstream}
@@ -123,6 +128,9 @@ def _result(context, store: ArtifactStore, manifest: Manifest, planned: Planned,
         **{key: dg.MetadataValue.json(value) for key, value in manifest.metadata.items() if key != "checks" and isinstance(value, (dict, list))},
         **ui_metadata,
     }
+    for entry in manifest.files:
+        if entry.path.endswith(".png") and "/" not in entry.path and entry.size < 500_000:
+            metadata[entry.path.removesuffix(".png")] = dg.MetadataValue.md(_embedded_png(store, manifest, entry.path))
     check_results = [
         dg.AssetCheckResult(
             check_name=name,
@@ -133,6 +141,15 @@ def _result(context, store: ArtifactStore, manifest: Manifest, planned: Planned,
         for name, (passed, detail) in checks.items()
     ]
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(planned.version), check_results=check_results)
+
+
+def _embedded_png(store: ArtifactStore, manifest: Manifest, name: str) -> str:
+    import base64
+
+    url = f"{store.url(manifest.asset, manifest.partition, manifest.version)}/{name}"
+    with store.fs.open(url, "rb") as handle:
+        encoded = base64.b64encode(handle.read()).decode()
+    return f"![{name}](data:image/png;base64,{encoded})"
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

@@ -10,12 +10,14 @@ import dagster as dg
 
 from assets.data import DATA_ASSETS
 from assets.training import TRAINING_ASSET_DEFS
-from jobs import JOBS
+from jobs import JOBS, SCHEDULES, SENSORS
 from resources import ArtifactStoreResource, ComputeResource
 
 defs = dg.Definitions(
     assets=[*DATA_ASSETS, *TRAINING_ASSET_DEFS],
     jobs=JOBS,
+    schedules=SCHEDULES,
+    sensors=SENSORS,
     resources={
         "artifact_store": ArtifactStoreResource(root=os.environ.get("DOGE_ARTIFACT_ROOT", ".doge")),
         "compute": ComputeResource(),

@@ -440,3 +440,31 @@ def _model_in(annotation: Any) -> Any:
         if found is not None:
             return found
     return None
+
+
+OVERRIDE_TAG_PREFIX = "doge/override/"
+
+
+def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
+    """A copy of `recipe` with dotted-path fields replaced (e.g. `stages.pretrain.init_from`), revalidated.
+
+    Runs carry overrides as tags `doge/override/<dotted.path>` (values parsed as YAML), which is how
+    scheduled retraining continues pretraining without editing the recipe file.
+    """
+    if not overrides:
+        return recipe
+    data = recipe.model_dump(mode="json")
+    for dotted, value in sorted(overrides.items()):
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            if not isinstance(node, dict) or part not in node:
+                raise RecipeError(f"override {dotted!r}: no section {part!r} in the recipe")
+            node = node[part]
+        node[leaf] = yaml.safe_load(value) if isinstance(value, str) else value
+    return parse_recipe(data, source=f"recipe {recipe.name} with overrides {sorted(overrides)}")
+
+
+def overrides_from_tags(tags: dict[str, str]) -> dict[str, str]:
+    """The recipe overrides carried by a run's tags."""
+    return {key.removeprefix(OVERRIDE_TAG_PREFIX): value for key, value in tags.items() if key.startswith(OVERRIDE_TAG_PREFIX)}

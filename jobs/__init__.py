@@ -1,14 +1,9 @@
-"""Asset jobs, schedules and sensors."""
+"""Asset jobs, the retraining schedule and the sensors of doge-dagster."""
 
-import dagster as dg
+from jobs.automation import retrain_schedule, run_failure_summary, source_data_sensor
+from jobs.pipelines import JOBS
 
-from assets.partitions import RECIPE_PARTITIONS
+SCHEDULES = [retrain_schedule]
+SENSORS = [source_data_sensor, run_failure_summary]
 
-data_job = dg.define_asset_job(
-    "data",
-    selection=dg.AssetSelection.groups("data"),
-    partitions_def=RECIPE_PARTITIONS,
-    description="Tokenizer and the five data mixtures of one recipe.",
-)
-
-JOBS = [data_job]
+__all__ = ["JOBS", "SCHEDULES", "SENSORS"]

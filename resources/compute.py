@@ -23,6 +23,11 @@ class SlurmSettings(dg.Config):
     shared_dir: str = Field(default="/tmp/doge-slurm", description="Folder on the shared filesystem for scripts, logs and Pipes files.")
     poll_interval_s: float = Field(default=2.0, description="Seconds between job state polls.")
     python: str | None = Field(default=None, description="Python on the nodes (default: this interpreter).")
+    partition: str | None = Field(default=None, description="Partition when the recipe names none (default: the cluster's).")
+    account: str | None = Field(default=None, description="Account when the recipe names none.")
+    sbatch_extra: list[str] = Field(default_factory=list, description="Site-wide #SBATCH options (e.g. --qos=high), before the recipe's.")
+    chdir: str | None = Field(default=None, description="Working directory of the job on the nodes (default: the project root).")
+    main_process_port: int = Field(default=29500, description="Rendezvous port of multi-node launches on the first node.")
 
 
 class KubernetesSettings(dg.Config):

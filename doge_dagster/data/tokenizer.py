@@ -61,10 +61,19 @@ def train_bpe(texts: Iterable[str], recipe: TokenizerRecipe) -> PreTrainedTokeni
 
 def load_tokenizer(recipe: TokenizerRecipe) -> PreTrainedTokenizerFast:
     """Load a tokenizer from the Hub or a folder and add the chat parts; clear error if it is not found."""
+    from pathlib import Path
+
     from transformers import AutoTokenizer
 
+    local = recipe.source == "path"
+    if local and not Path(recipe.name_or_path or "").is_dir():
+        # Without this check a missing folder is taken for a Hub id: minutes of retries, then a network error.
+        raise TokenizerError(
+            f"tokenizer.name_or_path {recipe.name_or_path!r} is not a folder (source: path); point it at a "
+            "local folder with tokenizer.json, or use source: hub for a Hub id, or source: train_bpe"
+        )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(recipe.name_or_path, revision=recipe.revision)
+        tokenizer = AutoTokenizer.from_pretrained(recipe.name_or_path, revision=recipe.revision, local_files_only=local)
     except (OSError, ValueError) as error:
         raise TokenizerError(
             f"tokenizer.name_or_path {recipe.name_or_path!r} could not be loaded ({error}); give a Hub id "

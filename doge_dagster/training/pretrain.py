@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 from doge_dagster.training.runner import StageContext
@@ -43,3 +45,40 @@ def build_trainer(ctx: StageContext, model, args):
         processing_class=ctx.tokenizer,
         callbacks=ctx.callbacks,
     )
+
+
+STABLE_DIR = "stable"
+
+
+def stable_phase_end(training: dict[str, Any]) -> int | None:
+    """The last step before the WSD decay starts (None for other schedules or epoch-based runs)."""
+    max_steps = int(training.get("max_steps", -1))
+    if training.get("lr_scheduler_type") != "warmup_stable_decay" or max_steps <= 0:
+        return None
+    decay = int(training.get("lr_scheduler_kwargs", {}).get("num_decay_steps", 0))
+    return max_steps - decay if 0 < decay < max_steps else None
+
+
+def callbacks(ctx: StageContext) -> list:
+    """Keep the model at the end of the WSD stable phase: continued pretraining starts from it."""
+    from transformers import TrainerCallback
+
+    end = stable_phase_end(ctx.recipe.stages.pretrain.training)
+    target = Path(ctx.spec.work_dir) / STABLE_DIR
+    if end is None:
+        return []
+
+    class StablePhaseSnapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == end and state.is_world_process_zero and model is not None:
+                model.save_pretrained(str(target))
+                ctx.reporter.info(f"saved the stable-phase model (step {end}) for continued pretraining")
+
+    return [StablePhaseSnapshot()]
+
+
+def finalize(ctx: StageContext, staged: Path) -> None:
+    """Publish the stable-phase snapshot inside the model artifact, under `stable/`."""
+    snapshot = Path(ctx.spec.work_dir) / STABLE_DIR
+    if snapshot.is_dir():
+        shutil.move(str(snapshot), str(staged / STABLE_DIR))

@@ -54,7 +54,9 @@ class StageContext:
         """`doge_base:<version>` -> that published artifact; anything else is a Hub id or folder."""
         asset, _, version = reference.partition(":")
         if version and asset == "doge_base":
-            return str(self.store.local_path(self.store.require(asset, self.spec.partition, version)))
+            folder = self.store.local_path(self.store.require(asset, self.spec.partition, version))
+            stable = folder / "stable"  # the WSD stable-phase snapshot, when the run kept one
+            return str(stable if stable.is_dir() else folder)
         return reference
 
     def eval_split(self, *drop: str):
@@ -129,7 +131,7 @@ def _run(spec: StageSpec, reporter: Reporter, started: float) -> None:
     ctx.tokenizer = AutoTokenizer.from_pretrained(str(ctx.artifact_dir("tokenizer")))
     ctx.data = load_from_disk(str(ctx.artifact_dir(spec.mixture)))
     progress = progress_callback(reporter)
-    ctx.callbacks = [progress]
+    ctx.callbacks = [progress, *getattr(stage_module, "callbacks", lambda _: [])(ctx)]
     if spec.parent_model:
         model = AutoModelForCausalLM.from_pretrained(str(ctx.artifact_dir(spec.parent_model)))
         model.config.router_aux_loss_coef = 0.0
@@ -155,8 +157,10 @@ def _run(spec: StageSpec, reporter: Reporter, started: float) -> None:
     if global_rank() != 0:
         return
     ctx.tokenizer.save_pretrained(str(staged))
+    getattr(stage_module, "finalize", lambda *_: None)(ctx, staged)
     metrics = _metrics(spec, trainer, result, eval_metrics, progress, start_step, parameters, started)
     _write_generation_config(staged, ctx.tokenizer)
+    plot_curves(staged / "loss_curve.png", spec.asset, progress.curve, progress.eval_losses, progress.rewards)
     checks = _checks(spec, staged, ctx.tokenizer, progress.curve, recipe)
     _write_model_card(staged, spec, recipe, metrics)
     manifest = store.publish(
@@ -209,6 +213,32 @@ def _mfu(parameters: int, tokens_per_second: float) -> float | None:
     if peak is None:
         return None
     return round(6 * parameters * tokens_per_second / (peak * torch.cuda.device_count()), 4)
+
+
+def plot_curves(path: Path, title: str, losses, eval_losses, rewards) -> None:
+    """A small PNG of the training (and eval) loss, and the GRPO reward, to see convergence at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    panels = 2 if rewards else 1
+    figure, axes = pyplot.subplots(1, panels, figsize=(4.5 * panels, 3), dpi=80, squeeze=False)
+    loss_axis = axes[0][0]
+    if losses:
+        loss_axis.plot(*zip(*losses), label="train loss")
+    if eval_losses:
+        loss_axis.plot(*zip(*eval_losses), "o", label="eval loss")
+    loss_axis.set_xlabel("step")
+    loss_axis.set_title(f"{title}: loss")
+    loss_axis.legend()
+    if rewards:
+        axes[0][1].plot(*zip(*rewards), color="tab:green")
+        axes[0][1].set_xlabel("step")
+        axes[0][1].set_title("mean reward")
+    figure.tight_layout()
+    figure.savefig(path)
+    pyplot.close(figure)
 
 
 def _write_generation_config(folder: Path, tokenizer) -> None:

@@ -1,0 +1,84 @@
+"""`doge-dagster`: small commands around the pipeline that need no Dagster instance.
+
+  doge-dagster lineage doge_instruct --partition tiny      # sources -> ... -> artifact, with versions
+  doge-dagster versions --partition tiny                   # every node's version and whether it is published
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+
+from doge_dagster.artifacts import ArtifactStore
+from doge_dagster.plan import NODES, Planned, plan_versions
+from doge_dagster.recipes import PROJECT_ROOT, RecipeError, apply_overrides, load_recipe
+
+
+def ancestry(node: str) -> list[str]:
+    """`node` and every node it depends on, upstream first."""
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        for parent in NODES[name].upstream:
+            visit(parent)
+        if name not in ordered:
+            ordered.append(name)
+
+    visit(node)
+    return ordered
+
+
+def status(store: ArtifactStore, node: str, partition: str, version: str) -> str:
+    """`published <time>` or `missing` for one artifact version."""
+    manifest = store.read_manifest(node, partition, version)
+    if manifest is None:
+        return "missing"
+    created = datetime.datetime.fromtimestamp(manifest.created).strftime("%Y-%m-%d %H:%M")
+    return f"published {created}"
+
+
+def lineage_lines(node: str, partition: str, planned: dict[str, Planned], store: ArtifactStore) -> list[str]:
+    """Human-readable lineage from the sources to `node`."""
+    lines = []
+    sources = sorted({name: version for step in ancestry(node) for name, version in planned[step].upstream.items() if name.startswith("source_")}.items())
+    for name, version in sources:
+        lines.append(f"{name:<24} {version}")
+    for step in ancestry(node):
+        info = planned[step]
+        inputs = ", ".join(f"{name}@{version[:8]}" for name, version in info.upstream.items())
+        lines.append(f"{step:<24} {info.version}  recipe {NODES[step].sections[-1]}@{info.section_version[:8]}  "
+                     f"[{status(store, step, partition, info.version)}]  <- {inputs}")  # fmt: skip
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and print."""
+    parser = argparse.ArgumentParser(prog="doge-dagster", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    lineage = commands.add_parser("lineage", help="print the chain from the sources to an asset, with versions")
+    lineage.add_argument("asset", choices=sorted(NODES))
+    versions = commands.add_parser("versions", help="every asset's version for a partition and whether it is published")
+    for sub in (lineage, versions):
+        sub.add_argument("--partition", required=True, help="recipe name, e.g. tiny")
+        sub.add_argument("--root", default=os.environ.get("DOGE_ARTIFACT_ROOT", str(PROJECT_ROOT / ".doge")), help="artifact store root")
+        sub.add_argument("--override", action="append", default=[], metavar="PATH=VALUE", help="recipe override, as a run tag would set")
+    args = parser.parse_args(argv)
+    try:
+        recipe = apply_overrides(load_recipe(args.partition), dict(item.split("=", 1) for item in args.override))
+    except RecipeError as error:
+        print(error, file=sys.stderr)
+        return 2
+    planned = plan_versions(recipe)
+    store = ArtifactStore(args.root)
+    if args.command == "lineage":
+        print("\n".join(lineage_lines(args.asset, args.partition, planned, store)))
+    else:
+        for name, info in planned.items():
+            print(f"{name:<24} {info.version}  [{status(store, name, args.partition, info.version)}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Scheduled retraining, the source-data sensor and the run-failure summary.
+
+Nothing here starts multi-day training by itself: the schedule is stopped by default, and the data
+sensor only rebuilds data mixtures.
+"""
+
+import json
+import os
+
+import dagster as dg
+
+from assets.partitions import RECIPE_PARTITIONS
+from doge_dagster.data.sources import SourceError, source_fingerprint
+from doge_dagster.plan import recipe_sources
+from doge_dagster.recipes import OVERRIDE_TAG_PREFIX, RecipeError, content_version, load_recipe
+from jobs.pipelines import full_pipeline
+from resources.artifact_store import ArtifactStoreResource
+
+RETRAIN_CRON = os.environ.get("DOGE_RETRAIN_CRON", "0 3 * * 0")
+RETRAIN_PARTITIONS = os.environ.get("DOGE_RETRAIN_PARTITIONS", "tiny").split(",")
+INIT_FROM_TAG = f"{OVERRIDE_TAG_PREFIX}stages.pretrain.init_from"
+
+
+def retrain_requests(artifact_store: ArtifactStoreResource, partitions: list[str]) -> list[dg.RunRequest]:
+    """One full-pipeline run per partition, continuing pretraining from its latest published base model."""
+    store = artifact_store.get_store()
+    requests = []
+    for partition in partitions:
+        latest = store.latest("doge_base", partition)
+        tags = {INIT_FROM_TAG: f"doge_base:{latest.version}"} if latest else {}
+        requests.append(dg.RunRequest(partition_key=partition, tags=tags))
+    return requests
+
+
+@dg.schedule(
+    job=full_pipeline,
+    cron_schedule=RETRAIN_CRON,
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Continue pretraining each partition in DOGE_RETRAIN_PARTITIONS from its latest base model's "
+    "WSD stable-phase snapshot on the current data, then rerun instruct, reason and evaluation. "
+    "Cron from DOGE_RETRAIN_CRON (default weekly). Unchanged stages are cached skips.",
+)
+def retrain_schedule(context: dg.ScheduleEvaluationContext, artifact_store: ArtifactStoreResource):
+    """Request the retraining runs."""
+    return retrain_requests(artifact_store, RETRAIN_PARTITIONS)
+
+
+def recipe_data_version(partition: str) -> str | None:
+    """A hash of every source fingerprint of a partition (None when a source cannot be checked now)."""
+    try:
+        recipe = load_recipe(partition)
+        return content_version({name: source_fingerprint(use.ref, use.seed) for name, use in recipe_sources(recipe).items()})
+    except (RecipeError, SourceError):
+        return None
+
+
+@dg.sensor(
+    job_name="data",
+    minimum_interval_seconds=3600,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Observes every source's data version (Hub commit or content hash) and rebuilds the data "
+    "mixtures of partitions whose sources changed. Training is never started by this sensor.",
+)
+def source_data_sensor(context: dg.SensorEvaluationContext):
+    """Compare each partition's source versions with the cursor; request data runs where they changed."""
+    previous = json.loads(context.cursor) if context.cursor else {}
+    current = dict(previous)
+    requests = []
+    for partition in RECIPE_PARTITIONS.get_partition_keys():
+        version = recipe_data_version(partition)
+        if version is None:
+            continue
+        current[partition] = version
+        if partition in previous and previous[partition] != version:
+            requests.append(dg.RunRequest(partition_key=partition, run_key=f"{partition}-{version}"))
+    context.update_cursor(json.dumps(current, sort_keys=True))
+    return requests or dg.SkipReason("no source changed since the last check")
+
+
+def failure_summary(run: dg.DagsterRun, error: str | None) -> dict:
+    """The facts a user needs first about a failed run."""
+    return {
+        "run_id": run.run_id,
+        "job": run.job_name,
+        "partition": run.tags.get("dagster/partition"),
+        "overrides": {key: value for key, value in run.tags.items() if key.startswith(OVERRIDE_TAG_PREFIX)},
+        "error": (error or "").strip()[:2000],
+    }
+
+
+@dg.run_failure_sensor(
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Writes a one-screen summary of every failed run to the artifact store (`_failures/`) and the log.",
+)
+def run_failure_summary(context: dg.RunFailureSensorContext, artifact_store: ArtifactStoreResource):
+    """Record which run failed, on which partition, and why."""
+    error = context.failure_event.message if context.failure_event else None
+    summary = failure_summary(context.dagster_run, error)
+    store = artifact_store.get_store()
+    path = f"{store.root}/_failures/{summary['run_id']}.json"
+    store.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with store.fs.open(path, "w") as handle:
+        handle.write(json.dumps(summary, indent=2))
+    context.log.error(f"run {summary['run_id']} ({summary['job']}[{summary['partition']}]) failed: {summary['error'][:300]}")

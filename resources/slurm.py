@@ -1,0 +1,252 @@
+"""The Slurm backend: one sbatch script per stage, Dagster Pipes through files on the shared filesystem.
+
+A small client of our own (dagster-slurm is alpha and SSH-bound): render the script from the stage's
+`LaunchRecipe`, submit it with `sbatch --parsable --export=ALL`, poll `scontrol show job -o`, stream the
+job's log into the run, and `scancel` the job when the Dagster step is interrupted. Every value that
+enters the script is quoted with `shlex.quote`; `setup` lines are shell code by design.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from doge_dagster.recipes import PROJECT_ROOT, LaunchRecipe
+from doge_dagster.training.launch import accelerate_command
+from doge_dagster.training.spec import StageSpec
+
+# Every other state ends the job; only COMPLETED counts as success (FAILED, CANCELLED, TIMEOUT, NODE_FAIL, ...).
+RUNNING = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+NODE_RANK, MASTER = "__DOGE_SLURM_NODEID__", "__DOGE_SLURM_MASTER__"  # replaced by shell variables in srun
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+TAIL_LINES = 40
+MAX_POLL_ERRORS = 30
+
+
+@dataclass(frozen=True)
+class SlurmJob:
+    """What Slurm says about a job: state, `exit:signal` code and reason."""
+
+    job_id: str
+    state: str
+    exit_code: str = "?"
+    reason: str = ""
+
+
+class SlurmError(RuntimeError):
+    """A Slurm command failed (controller unreachable, submission rejected)."""
+
+
+def _one_line(value: object, what: str) -> str:
+    text = str(value)
+    if any(char in text for char in "\n\r\0"):
+        raise dg.Failure(description=f"Slurm: {what} must be a single line, got {text!r}")
+    return text
+
+
+def render_script(
+    launch: LaunchRecipe, spec_path: str, stage: str, job_name: str, log_path: str,
+    env: dict[str, str], settings,
+) -> str:  # fmt: skip
+    """The sbatch script of one stage: `#SBATCH` directives, `setup` lines, env exports, the launch.
+
+    Multi-node launches run one `accelerate launch` per node through `srun`, each with its node's
+    `$SLURM_NODEID` as machine rank and the job's first host as main process address.
+    """
+    quote = shlex.quote
+    directives: dict[str, object] = {"job-name": job_name, "nodes": launch.nodes, "ntasks-per-node": 1}
+    for option, value in (
+        ("partition", launch.partition or settings.partition),
+        ("account", launch.account or settings.account),
+        ("gres", f"gpu:{launch.gpus_per_node}" if launch.gpus_per_node > 0 else None),
+        ("cpus-per-task", launch.cpus_per_task),
+        ("mem", launch.memory),
+        ("time", launch.time_limit),
+    ):
+        if value is not None:
+            directives[option] = value
+    directives["output"] = log_path
+    directives["chdir"] = settings.chdir or str(PROJECT_ROOT)
+    lines = ["#!/bin/bash"] + [f"#SBATCH --{option}={quote(_one_line(value, option))}" for option, value in directives.items()]
+    for extra in [*settings.sbatch_extra, *launch.sbatch_extra]:
+        tokens = shlex.split(_one_line(extra, "sbatch_extra").strip().removeprefix("#SBATCH"))
+        lines.append("#SBATCH " + " ".join(quote(token) for token in tokens))
+    lines += ["set -eo pipefail", *launch.setup]
+    for name, value in env.items():
+        if not ENV_NAME.fullmatch(name):
+            raise dg.Failure(description=f"Slurm: environment variable name {name!r} is not a shell identifier")
+        lines.append(f"export {name}={quote(_one_line(value, f'env {name}'))}")
+    if launch.nodes == 1:
+        lines.append(" ".join(quote(arg) for arg in accelerate_command(stage, spec_path, launch, python=settings.python)))
+    else:
+        argv = accelerate_command(
+            stage, spec_path, launch, machine_rank=NODE_RANK, main_process_ip=MASTER,
+            main_process_port=settings.main_process_port, python=settings.python,
+        )  # fmt: skip
+        inner = " ".join({NODE_RANK: '"$SLURM_NODEID"', MASTER: '"$MASTER"'}.get(arg, quote(arg)) for arg in argv)
+        lines += [
+            'MASTER="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"',
+            "export MASTER",
+            f"srun --nodes={launch.nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c {quote(inner)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _slurm(*command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def submit(script_path: Path) -> str:
+    """`sbatch --parsable --export=ALL SCRIPT`; the job id."""
+    result = _slurm("sbatch", "--parsable", "--export=ALL", str(script_path))
+    if result.returncode:
+        raise SlurmError(f"sbatch {script_path} failed ({result.returncode}): {result.stderr.strip()}")
+    return result.stdout.strip().split(";")[0]
+
+
+def _fields(line: str) -> dict[str, str]:
+    return dict(re.findall(r"(?:^|\s)(JobState|ExitCode|Reason)=(\S*)", line)[::-1])
+
+
+def job_status(job_id: str) -> SlurmJob | None:
+    """The job's state from `scontrol show job -o`; None once Slurm has forgotten it (MinJobAge)."""
+    result = _slurm("scontrol", "show", "job", "-o", job_id)
+    if result.returncode:
+        if "Invalid job id" in result.stderr:
+            return None
+        raise SlurmError(f"scontrol show job {job_id} failed ({result.returncode}): {result.stderr.strip()}")
+    fields = _fields(result.stdout)
+    return SlurmJob(job_id, fields.get("JobState", "UNKNOWN"), fields.get("ExitCode", "?"), fields.get("Reason", ""))
+
+
+def jobcomp_status(job_id: str) -> SlurmJob | None:
+    """The job's final record in the `jobcomp/filetxt` file, when the cluster keeps one."""
+    config = dict(re.findall(r"^(\w+)\s*=\s*(.*?)\s*$", _slurm("scontrol", "show", "config").stdout, re.M))
+    if config.get("JobCompType") != "jobcomp/filetxt" or not config.get("JobCompLoc"):
+        return None
+    try:
+        text = Path(config["JobCompLoc"]).read_text(errors="replace")
+    except OSError:
+        return None
+    records = [line for line in text.splitlines() if line.startswith(f"JobId={job_id} ")]
+    if not records:
+        return None
+    fields = _fields(records[-1])
+    return SlurmJob(job_id, fields.get("JobState", "UNKNOWN"), fields.get("ExitCode", "?"), "from the jobcomp record")
+
+
+def cancel(job_id: str) -> None:
+    """`scancel JOB` (errors are ignored: the job may be gone already)."""
+    _slurm("scancel", job_id)
+
+
+class LogTail:
+    """New complete lines of a growing log file, read from the last offset on each call."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.partial = path, 0, b""
+
+    def read(self, final: bool = False) -> list[str]:
+        """Lines appended since the last call (with `final`, also an unterminated last line)."""
+        try:
+            with open(self.path, "rb") as stream:
+                stream.seek(self.offset)
+                data = stream.read()
+        except OSError:
+            return []
+        self.offset += len(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        if final and self.partial:
+            lines, self.partial = [*lines, self.partial], b""
+        return [line.decode(errors="replace").rstrip("\r") for line in lines]
+
+
+def log_tail(path: Path, count: int = TAIL_LINES) -> str:
+    """The last `count` lines of the job's log."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-count:])
+    except OSError:
+        return f"(no log at {path})"
+
+
+def wait_for_job(context, job_id: str, log_path: Path, poll_interval_s: float) -> SlurmJob:
+    """Poll until the job ends, streaming new log lines into the run log; the final `SlurmJob`."""
+    tail, last, errors = LogTail(log_path), None, 0
+    while True:
+        try:
+            job = job_status(job_id)
+            errors = 0
+        except (SlurmError, subprocess.TimeoutExpired) as error:
+            errors += 1
+            if errors >= MAX_POLL_ERRORS:
+                raise
+            context.log.warning(f"Slurm job {job_id}: polling failed ({errors}/{MAX_POLL_ERRORS}): {error}")
+            job = SlurmJob(job_id, "PENDING" if last is None else last.state)
+        if job is None:
+            job = jobcomp_status(job_id) or SlurmJob(
+                job_id, "UNKNOWN", "?", "the job left scontrol (MinJobAge) and no jobcomp/filetxt record names it"
+            )
+        done = job.state not in RUNNING
+        for line in tail.read(final=done):
+            context.log.info(f"[slurm {job_id}] {line}")
+        if last is None or (job.state, job.reason) != (last.state, last.reason):
+            context.log.info(f"Slurm job {job_id}: {job.state}" + (f" ({job.reason})" if job.reason not in ("", "None") else ""))
+        last = job
+        if done:
+            return job
+        time.sleep(poll_interval_s)
+
+
+def run_on_slurm(
+    context, settings, spec: StageSpec, spec_path: Path, launch: LaunchRecipe, env: dict[str, str]
+) -> dg.PipesClientCompletedInvocation:
+    """Run one stage as a Slurm batch job through Dagster Pipes and wait for it.
+
+    Scripts, the job log and the Pipes files live in a fresh folder under `settings.shared_dir`, which
+    the Dagster host and the nodes must share. COMPLETED returns the Pipes invocation; any other end
+    state raises `dg.Failure` with the job id, state, exit code and log tail; an interrupted or failing
+    wait cancels the job before re-raising.
+    """
+    job_name = re.sub(r"[^A-Za-z0-9._-]", "_", f"doge-{spec.stage}-{spec.partition}")
+    job_dir = Path(settings.shared_dir) / f"{spec.asset}-{job_name[len('doge-'):]}-{spec.version}-{uuid.uuid4().hex[:8]}"
+    job_dir.mkdir(parents=True, mode=0o700)  # the script holds the run's environment
+    log_path, script_path = job_dir / "job.log", job_dir / "job.sbatch"
+    with dg.open_pipes_session(
+        context=context,
+        context_injector=dg.PipesFileContextInjector(str(job_dir / "pipes-context.json")),
+        message_reader=dg.PipesFileMessageReader(str(job_dir / "pipes-messages.jsonl")),
+    ) as session:
+        script = render_script(launch, str(spec_path), spec.stage, job_name, str(log_path),
+                               {**env, **session.get_bootstrap_env_vars()}, settings)  # fmt: skip
+        script_path.write_text(script)
+        os.chmod(script_path, 0o700)
+        try:
+            job_id = submit(script_path)
+        except SlurmError as error:
+            raise dg.Failure(description=str(error), metadata={"script": str(script_path)}) from None
+        context.log.info(f"submitted Slurm job {job_id} ({job_name}): script {script_path}, log {log_path}")
+        try:
+            job = wait_for_job(context, job_id, log_path, settings.poll_interval_s)
+        except BaseException:  # interrupted step (DagsterExecutionInterruptedError, KeyboardInterrupt) or lost controller
+            cancel(job_id)
+            context.log.warning(f"cancelled Slurm job {job_id}")
+            raise
+        if job.state != "COMPLETED":
+            raise dg.Failure(
+                description=(
+                    f"Slurm job {job_id} ({job_name}) ended {job.state}, exit code {job.exit_code}"
+                    + (f", reason {job.reason}" if job.reason not in ("", "None") else "")
+                    + f"; last {TAIL_LINES} lines of {log_path}:\n{log_tail(log_path)}"
+                ),
+                metadata={"job_id": job_id, "state": job.state, "exit_code": job.exit_code, "log": str(log_path)},
+            )
+        context.log.info(f"Slurm job {job_id} COMPLETED")
+    return dg.PipesClientCompletedInvocation(session)

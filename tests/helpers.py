@@ -1,0 +1,216 @@
+"""Shared test helpers: edited copies of the tiny recipe, and Dagster materializations in subprocesses.
+
+Recipes are read from DOGE_RECIPES_DIR when the code location is imported, so a test that needs an
+edited recipe writes it as `tiny.yaml` into its own folder and materializes in a subprocess.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TINY_RECIPE = PROJECT_ROOT / "recipes" / "tiny.yaml"
+DAGSTER_BIN = Path(sys.executable).with_name("dagster")
+DATA_ASSETS = ("tokenizer", "pretrain_mixture", "sft_mixture", "dpo_mixture", "distill_mixture", "grpo_mixture")
+MODEL_ASSETS = ("doge_base", "doge_instruct_sft", "doge_instruct", "doge_reason_distill", "doge_reason")
+DELETE = object()
+
+
+# -- recipes ----------------------------------------------------------------------------------------------------
+def tiny_raw(edits: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The tiny recipe as parsed YAML, with `{"dotted.path": value}` edits applied (value DELETE removes a key)."""
+    raw = copy.deepcopy(yaml.safe_load(TINY_RECIPE.read_text()))
+    for dotted, value in (edits or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is DELETE:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = copy.deepcopy(value)
+    return raw
+
+
+def tiny_recipe(edits: dict[str, Any] | None = None):
+    """A validated `Recipe` of the edited tiny recipe."""
+    from doge_dagster.recipes import parse_recipe
+
+    return parse_recipe(tiny_raw(edits), source="tiny (edited in a test)")
+
+
+def write_tiny_recipe(folder: Path, edits: dict[str, Any] | None = None) -> Path:
+    """Write the edited recipe as `folder/tiny.yaml` (for DOGE_RECIPES_DIR=folder); returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(tiny_raw(edits), sort_keys=False))
+    return folder
+
+
+def planned_version(asset: str, edits: dict[str, Any] | None = None) -> str:
+    """The version the pipeline will give `asset` for the edited tiny recipe."""
+    from doge_dagster.plan import plan_versions
+
+    return plan_versions(tiny_recipe(edits), nodes=[asset])[asset].version
+
+
+# -- artifact roots ---------------------------------------------------------------------------------------------
+def published_versions(root: Path, asset: str, partition: str = "tiny") -> list[str]:
+    """Version folders of `asset` that hold a manifest (complete artifacts)."""
+    folder = root / asset / partition
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and (p / "manifest.json").is_file())
+
+
+def read_manifest(root: Path, asset: str, version: str, partition: str = "tiny") -> dict[str, Any]:
+    """A published manifest as a dict."""
+    return json.loads((root / asset / partition / version / "manifest.json").read_text())
+
+
+def copy_artifacts(source_root: Path, target_root: Path, assets=DATA_ASSETS, partition: str = "tiny") -> None:
+    """Copy the complete versions of `assets` (not staging or work folders) into another artifact root."""
+    for asset in assets:
+        for version in published_versions(source_root, asset, partition):
+            shutil.copytree(source_root / asset / partition / version, target_root / asset / partition / version)
+
+
+# -- subprocess environment -------------------------------------------------------------------------------------
+def dagster_env(dagster_home: Path, artifact_root: Path, recipes_dir: Path | None = None, **extra: str) -> dict[str, str]:
+    """Environment of a CLI or `dg.materialize` subprocess."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("DAGSTER_PIPES_", "PYTEST_"))}
+    env.pop("DOGE_RECIPES_DIR", None)
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    env.update(
+        DAGSTER_HOME=str(dagster_home),
+        DOGE_ARTIFACT_ROOT=str(artifact_root),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+    )
+    if recipes_dir is not None:
+        env["DOGE_RECIPES_DIR"] = str(recipes_dir)
+    env.update(extra)
+    return env
+
+
+def cli_materialize_command(selection: str, partition: str = "tiny") -> list[str]:
+    """`dagster asset materialize -m doge_dagster.definitions --select SEL --partition P`."""
+    return [str(DAGSTER_BIN), "asset", "materialize", "-m", "doge_dagster.definitions", "--select", selection, "--partition", partition]
+
+
+def run_cli_materialize(selection: str, env: dict[str, str], timeout: float, log_path: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI materialization in its own process group; kill the whole group on timeout."""
+    process = subprocess.Popen(
+        cli_materialize_command(selection), cwd=PROJECT_ROOT, env=env, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(process.pid)
+        output, _ = process.communicate()
+        if log_path:
+            log_path.write_text(output)
+        raise AssertionError(f"`dagster asset materialize --select {selection}` timed out after {timeout}s:\n{tail(output)}") from None
+    if log_path:
+        log_path.write_text(output)
+    return subprocess.CompletedProcess(process.args, process.returncode, output, "")
+
+
+def tail(text: str, lines: int = 60) -> str:
+    """The end of a long log, for assertion messages."""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# -- process groups ---------------------------------------------------------------------------------------------
+def processes_in_group(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is `pgid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(entry.name))
+    return found
+
+
+def kill_group(pgid: int, wait_s: float = 20.0) -> None:
+    """SIGKILL a process group and wait until none of its processes is alive."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + wait_s
+    while processes_in_group(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+# -- dg.materialize in a subprocess -----------------------------------------------------------------------------
+MATERIALIZE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import dagster as dg
+
+    launches = []
+    original_run = dg.PipesSubprocessClient.run
+
+    def recording_run(self, *args, **kwargs):  # counts launches, then runs the real client
+        launches.append(kwargs.get("command"))
+        return original_run(self, *args, **kwargs)
+
+    dg.PipesSubprocessClient.run = recording_run
+
+    from doge_dagster.definitions import defs
+
+    result = dg.materialize(
+        list(defs.assets), selection=sys.argv[1], partition_key=sys.argv[2], resources=defs.resources,
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+    )
+    failures = []
+    for event in result.get_step_failure_events():
+        data = event.step_failure_data
+        failures.append({
+            "step": event.step_key,
+            "error": data.error.to_string() if data.error else "",
+            "description": (data.user_failure_data.description or "") if data.user_failure_data else "",
+        })
+    messages = [event.message or "" for event in result.all_events]
+    print("RESULT-JSON " + json.dumps({"success": result.success, "failures": failures, "launches": len(launches), "messages": messages}))
+    """
+)
+
+
+def dg_materialize(selection: str, env: dict[str, str], timeout: float = 180, partition: str = "tiny") -> dict[str, Any]:
+    """`dg.materialize` of `selection` in a subprocess (fresh imports, so DOGE_RECIPES_DIR applies).
+
+    Returns `success`, step `failures` (error text and `dg.Failure` description), the number of
+    `PipesSubprocessClient.run` launches, and the event messages.
+    """
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-c", MATERIALIZE_SCRIPT, selection, partition], cwd=PROJECT_ROOT, env=env,
+            capture_output=True, text=True, timeout=timeout, start_new_session=True,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as error:
+        raise AssertionError(f"dg.materialize({selection!r}) timed out after {timeout}s:\n{tail(str(error.stdout))}") from None
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT-JSON ")]
+    assert lines, f"dg.materialize({selection!r}) printed no result (rc {completed.returncode}):\n{tail(completed.stdout)}\n{tail(completed.stderr)}"
+    return json.loads(lines[-1].removeprefix("RESULT-JSON "))

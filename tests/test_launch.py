@@ -1,0 +1,254 @@
+"""Launch checks before anything runs: recipe validation, the accelerate command, resume points, the spec file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import tiny_recipe
+
+from doge_dagster.recipes import ACCELERATE_CONFIGS_DIR, LaunchRecipe
+from doge_dagster.training.launch import LaunchError, accelerate_command, accelerate_config_path, validate_stage
+from doge_dagster.training.runner import last_complete_checkpoint
+from doge_dagster.training.spec import StageSpec
+
+STAGES = ("pretrain", "sft", "dpo", "distill", "grpo")
+KNOWN_CONFIGS = sorted(path.stem for path in ACCELERATE_CONFIGS_DIR.glob("*.yaml"))
+
+
+# -- validate_stage ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_tiny_recipe_validates_for_every_stage(stage):
+    validate_stage(stage, tiny_recipe(), tokenizer_vocab=1500)
+
+
+def test_unknown_accelerate_config_names_the_field_and_every_known_config():
+    recipe = tiny_recipe({"stages.sft.launch.accelerate_config": "cpu_zero7"})
+    with pytest.raises(LaunchError) as raised:
+        validate_stage("sft", recipe)
+    message = str(raised.value)
+    assert "launch.accelerate_config" in message and "'cpu_zero7'" in message, message
+    assert {"cpu", "cpu_ddp", "cpu_zero2"} <= set(KNOWN_CONFIGS)
+    for name in KNOWN_CONFIGS:
+        assert name in message, f"known config {name!r} missing from: {message}"
+
+
+def test_accelerate_config_may_be_a_yaml_path(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text((ACCELERATE_CONFIGS_DIR / "cpu.yaml").read_text())
+    assert accelerate_config_path(str(config)) == config
+    assert accelerate_config_path("cpu_ddp") == ACCELERATE_CONFIGS_DIR / "cpu_ddp.yaml"
+    validate_stage("pretrain", tiny_recipe({"stages.pretrain.launch.accelerate_config": str(config)}))
+    with pytest.raises(LaunchError, match="accelerate_config"):
+        accelerate_config_path(str(tmp_path / "missing.yaml"))
+
+
+@pytest.mark.parametrize(
+    "stage, field, config_class",
+    [
+        ("pretrain", "learning_rat", "transformers.TrainingArguments"),
+        ("sft", "max_seq_len", "trl.SFTConfig"),
+        ("distill", "assistant_loss_only", "trl.SFTConfig"),
+        ("dpo", "betta", "trl.DPOConfig"),
+        ("grpo", "num_generation", "trl.GRPOConfig"),
+    ],
+)
+def test_unknown_training_field_is_named_with_its_stage_path_and_class(stage, field, config_class):
+    recipe = tiny_recipe({f"stages.{stage}.training.{field}": 1})
+    with pytest.raises(LaunchError) as raised:
+        validate_stage(stage, recipe)
+    message = str(raised.value)
+    assert f"stages.{stage}.training.{field}" in message, message
+    assert config_class in message, message
+
+
+def test_unknown_field_hint_lists_similar_fields():
+    with pytest.raises(LaunchError, match=r"similar fields: .*max_length"):
+        validate_stage("sft", tiny_recipe({"stages.sft.training.max_seq_len": 128}))
+
+
+def test_fields_the_pipeline_owns_are_rejected():
+    with pytest.raises(LaunchError, match=r"stages\.dpo\.training\.report_to is set by the pipeline"):
+        validate_stage("dpo", tiny_recipe({"stages.dpo.training.report_to": "wandb"}))
+
+
+def test_legacy_field_names_are_translated_and_then_valid():
+    recipe = tiny_recipe({"stages.sft.training.max_seq_length": 128})
+    assert recipe.stages.sft.training["max_length"] == 128 and "max_seq_length" not in recipe.stages.sft.training
+    validate_stage("sft", recipe)
+
+
+def test_grpo_generation_batch_not_divisible_is_rejected_with_every_factor():
+    recipe = tiny_recipe({"stages.grpo.training.num_generations": 3})  # 8 x 1 x 1 = 8, not divisible by 3
+    with pytest.raises(LaunchError) as raised:
+        validate_stage("grpo", recipe)
+    message = str(raised.value)
+    for part in ("stages.grpo", "per_device_train_batch_size (8)", "processes (1)", "steps_per_generation (1)", "= 8",
+                 "num_generations (3)"):  # fmt: skip
+        assert part in message, f"{part!r} missing from: {message}"
+
+
+@pytest.mark.parametrize(
+    "edits, divisible",
+    [
+        ({"stages.grpo.training.per_device_train_batch_size": 3, "stages.grpo.training.num_generations": 6,
+          "stages.grpo.launch.num_processes": 2}, True),  # 3 x 2 processes = 6
+        ({"stages.grpo.training.per_device_train_batch_size": 3, "stages.grpo.training.num_generations": 6}, False),
+        ({"stages.grpo.training.per_device_train_batch_size": 2, "stages.grpo.training.num_generations": 8,
+          "stages.grpo.training.steps_per_generation": 4}, True),  # 2 x 1 x 4 = 8
+        ({"stages.grpo.training.per_device_train_batch_size": 2, "stages.grpo.training.num_generations": 8,
+          "stages.grpo.training.gradient_accumulation_steps": 4}, True),  # steps_per_generation defaults to GA
+        ({"stages.grpo.training.per_device_train_batch_size": 2, "stages.grpo.training.num_generations": 4,
+          "stages.grpo.launch.nodes": 2, "stages.grpo.launch.gpus_per_node": 1}, True),  # 2 x 2 processes = 4
+    ],
+)  # fmt: skip
+def test_grpo_divisibility_counts_processes_and_steps_per_generation(edits, divisible):
+    recipe = tiny_recipe(edits)
+    if divisible:
+        validate_stage("grpo", recipe)
+    else:
+        with pytest.raises(LaunchError, match="num_generations"):
+            validate_stage("grpo", recipe)
+
+
+def test_vocab_size_smaller_than_the_tokenizer_is_rejected():
+    recipe = tiny_recipe({"model.vocab_size": 1000})
+    with pytest.raises(LaunchError) as raised:
+        validate_stage("pretrain", recipe, tokenizer_vocab=1500)
+    message = str(raised.value)
+    assert "model.vocab_size 1000" in message and "1500" in message and "'tokenizer'" in message, message
+    validate_stage("pretrain", recipe, tokenizer_vocab=1000)  # equal is enough
+    validate_stage("pretrain", recipe)  # no tokenizer known yet: nothing to compare
+    validate_stage("pretrain", tiny_recipe(), tokenizer_vocab=10**6)  # 'tokenizer' follows the tokenizer
+
+
+# -- accelerate_command -----------------------------------------------------------------------------------------
+def test_single_process_command():
+    command = accelerate_command("sft", "/work/spec.json", LaunchRecipe(), python="/venv/bin/python")
+    assert command == [
+        "/venv/bin/python", "-m", "accelerate.commands.launch",
+        "--config_file", str(ACCELERATE_CONFIGS_DIR / "cpu.yaml"),
+        "--num_processes", "1", "--num_machines", "1",
+        "-m", "doge_dagster.training", "sft", "--spec", "/work/spec.json",
+    ]  # fmt: skip
+    assert "--machine_rank" not in command and "--main_process_ip" not in command
+
+
+def test_multi_node_command_needs_machine_rank_and_address():
+    launch = LaunchRecipe(accelerate_config="ddp", nodes=2, gpus_per_node=8)
+    with pytest.raises(LaunchError, match="machine_rank and main_process_ip"):
+        accelerate_command("pretrain", "spec.json", launch)
+    with pytest.raises(LaunchError, match="machine_rank and main_process_ip"):
+        accelerate_command("pretrain", "spec.json", launch, machine_rank="1")
+    command = accelerate_command("pretrain", "spec.json", launch, machine_rank="$SLURM_NODEID", main_process_ip="10.0.0.1",
+                                 main_process_port=29555)  # fmt: skip
+    flags = dict(zip(command[3:-5:2], command[4:-5:2], strict=True))
+    assert flags == {
+        "--config_file": str(ACCELERATE_CONFIGS_DIR / "ddp.yaml"),
+        "--num_processes": "16",
+        "--num_machines": "2",
+        "--machine_rank": "$SLURM_NODEID",
+        "--main_process_ip": "10.0.0.1",
+        "--main_process_port": "29555",
+    }
+    assert command[-5:] == ["-m", "doge_dagster.training", "pretrain", "--spec", "spec.json"]
+
+
+def test_commands_parse_with_the_accelerate_launch_parser():
+    from accelerate.commands.launch import launch_command_parser
+
+    parser = launch_command_parser()
+    single = accelerate_command("grpo", "s.json", LaunchRecipe(accelerate_config="cpu_ddp", num_processes=2))
+    multi = accelerate_command("dpo", "s.json", LaunchRecipe(accelerate_config="ddp", nodes=2, gpus_per_node=4), "1", "10.0.0.1")
+    args = parser.parse_args(single[3:])
+    assert (args.num_processes, args.num_machines, args.module) == (2, 1, True)
+    assert (args.training_script, args.training_script_args) == ("doge_dagster.training", ["grpo", "--spec", "s.json"])
+    args = parser.parse_args(multi[3:])
+    assert (args.num_processes, args.num_machines, args.machine_rank, args.main_process_ip) == (8, 2, 1, "10.0.0.1")
+
+
+def test_unknown_accelerate_config_fails_building_the_command():
+    with pytest.raises(LaunchError, match="not a known config"):
+        accelerate_command("sft", "spec.json", LaunchRecipe(accelerate_config="nope"))
+
+
+# -- last_complete_checkpoint -----------------------------------------------------------------------------------
+def make_checkpoint(folder: Path, step: int, state: str | dict | None) -> Path:
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(b"weights")
+    if state is not None:
+        (path / "trainer_state.json").write_text(state if isinstance(state, str) else json.dumps(state))
+    return path
+
+
+def test_last_complete_checkpoint_skips_incomplete_and_mismatched(tmp_path):
+    complete = make_checkpoint(tmp_path, 20, {"global_step": 20})
+    make_checkpoint(tmp_path, 40, None)  # killed before the trainer state was written
+    make_checkpoint(tmp_path, 60, {"global_step": 50})  # state of another step
+    make_checkpoint(tmp_path, 80, '{"global_step": 8')  # killed mid-write of the state
+    assert last_complete_checkpoint(tmp_path) == complete
+
+
+def test_last_complete_checkpoint_orders_steps_numerically_and_ignores_other_entries(tmp_path):
+    make_checkpoint(tmp_path, 20, {"global_step": 20})
+    newest = make_checkpoint(tmp_path, 100, {"global_step": 100})
+    (tmp_path / "checkpoint-300").write_text("a file, not a folder")
+    (tmp_path / "checkpoint-x").mkdir()
+    (tmp_path / "runs").mkdir()
+    assert last_complete_checkpoint(tmp_path) == newest
+
+
+def test_last_complete_checkpoint_none_when_nothing_usable(tmp_path):
+    assert last_complete_checkpoint(tmp_path / "missing") is None
+    assert last_complete_checkpoint(tmp_path) is None
+    make_checkpoint(tmp_path, 10, None)
+    make_checkpoint(tmp_path, 20, {"global_step": 19})
+    assert last_complete_checkpoint(tmp_path) is None
+
+
+# -- StageSpec --------------------------------------------------------------------------------------------------
+def make_spec(stage: str, tmp_path: Path) -> StageSpec:
+    return StageSpec(
+        stage=stage,
+        partition="tiny",
+        version="0123456789abcdef",
+        upstream={"tokenizer": "t" * 16, "doge_base": "b" * 16},
+        recipe=tiny_recipe().model_dump(mode="json"),
+        store_root="s3://bucket/prefix",
+        work_dir=str(tmp_path / "work"),
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+
+
+def test_stage_spec_write_read_roundtrip(tmp_path):
+    spec = make_spec("sft", tmp_path)
+    path = spec.write(tmp_path / "spec.json")
+    assert path == tmp_path / "spec.json"
+    assert StageSpec.read(path) == spec
+    assert StageSpec.read(str(path)) == spec
+    raw = json.loads(path.read_text())
+    assert raw["recipe"]["stages"]["sft"]["training"]["max_steps"] == 100
+    assert "secret" not in path.read_text().lower()
+
+
+def test_stage_spec_default_env_roundtrips(tmp_path):
+    spec = StageSpec("pretrain", "tiny", "v", {}, {}, "/store", str(tmp_path))
+    assert spec.env == {}
+    assert StageSpec.read(spec.write(tmp_path / "spec.json")) == spec
+
+
+@pytest.mark.parametrize(
+    "stage, asset, parent, mixture",
+    [
+        ("pretrain", "doge_base", None, "pretrain_mixture"),
+        ("sft", "doge_instruct_sft", "doge_base", "sft_mixture"),
+        ("dpo", "doge_instruct", "doge_instruct_sft", "dpo_mixture"),
+        ("distill", "doge_reason_distill", "doge_instruct", "distill_mixture"),
+        ("grpo", "doge_reason", "doge_reason_distill", "grpo_mixture"),
+    ],
+)
+def test_stage_spec_names_its_asset_parent_and_mixture(stage, asset, parent, mixture, tmp_path):
+    spec = make_spec(stage, tmp_path)
+    assert (spec.asset, spec.parent_model, spec.mixture) == (asset, parent, mixture)
