@@ -28,6 +28,12 @@ STAGE_CHECKS = {
 }
 
 
+# Assets a stage waits for without reading them: Dagster deps only, not in NODES, so versions do not
+# change; a failing blocking check there stops the stage. doge_reason_distill waits for instruct_eval's
+# no-regression gate (assets/evaluation.py).
+GATED_BY = {"doge_reason_distill": ("instruct_eval",)}
+
+
 def work_dir(store, compute: ComputeResource, asset: str, partition: str, version: str) -> Path:
     """Checkpoints of one version: beside the artifacts for a local store, else on the compute's scratch.
 
@@ -47,7 +53,7 @@ def build_training_asset(stage: str) -> dg.AssetsDefinition:
         name=name,
         group_name=node.group,
         partitions_def=RECIPE_PARTITIONS,
-        deps=list(node.upstream),
+        deps=[*node.upstream, *GATED_BY.get(name, ())],
         code_version=node_code_version(name, PARTITIONS),
         description=node.description,
         check_specs=[dg.AssetCheckSpec(check, asset=name, blocking=True) for check in STAGE_CHECKS[stage]],
@@ -74,7 +80,8 @@ def build_training_asset(stage: str) -> dg.AssetsDefinition:
                 store_root=build.store.root_url,
                 work_dir=str(work_dir(build.store, compute, name, context.partition_key, build.planned.version)),
             )
-            compute.run_stage(context, spec, build.recipe.section(f"stages.{stage}").launch)
+            launch_recipe = build.recipe.section(f"stages.{stage}").launch
+            compute.run_stage(context, spec, launch_recipe, extra_env=artifact_store.process_env())
             return BuildOutput()
 
         return materialize_versioned(context, artifact_store, name, launch, publishes_itself=True)

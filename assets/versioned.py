@@ -17,7 +17,15 @@ import dagster as dg
 
 from doge_dagster.artifacts import ArtifactStore, Manifest
 from doge_dagster.plan import NODES, Planned, plan_versions
-from doge_dagster.recipes import apply_overrides, overrides_from_tags, Recipe, RecipeError, content_version, load_recipe, recipe_path
+from doge_dagster.recipes import (
+    Recipe,
+    RecipeError,
+    apply_overrides,
+    content_version,
+    load_recipe,
+    overrides_from_tags,
+    recipe_path,
+)
 from resources.artifact_store import ArtifactStoreResource
 
 CheckResults = dict[str, tuple[bool, str]]

@@ -9,12 +9,13 @@ import os
 import dagster as dg
 
 from assets.data import DATA_ASSETS
+from assets.evaluation import EVALUATION_ASSET_DEFS
 from assets.training import TRAINING_ASSET_DEFS
 from jobs import JOBS, SCHEDULES, SENSORS
 from resources import ArtifactStoreResource, ComputeResource
 
 defs = dg.Definitions(
-    assets=[*DATA_ASSETS, *TRAINING_ASSET_DEFS],
+    assets=[*DATA_ASSETS, *TRAINING_ASSET_DEFS, *EVALUATION_ASSET_DEFS],
     jobs=JOBS,
     schedules=SCHEDULES,
     sensors=SENSORS,

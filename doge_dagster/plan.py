@@ -95,6 +95,32 @@ NODES: dict[str, Node] = {
         code_version="grpo-1",
         description="Doge reason model: GRPO with accuracy (math-verify) and format rewards.",
     ),
+    # Evaluations: lighteval reports on each model. instruct_eval / reason_eval also read the previous
+    # stage's report, to compare shared tasks and gate on regressions.
+    "base_eval": Node(
+        name="base_eval",
+        group="evaluation",
+        sections=("evaluation.base",),
+        upstream=("doge_base", "tokenizer"),
+        code_version="eval-1",
+        description="lighteval report on doge_base, beside the published SmallDoge scores for real sizes.",
+    ),
+    "instruct_eval": Node(
+        name="instruct_eval",
+        group="evaluation",
+        sections=("evaluation.instruct",),
+        upstream=("doge_instruct", "tokenizer", "base_eval"),
+        code_version="eval-1",
+        description="lighteval report on doge_instruct (chat template); gate: no regression vs base_eval on shared tasks.",
+    ),
+    "reason_eval": Node(
+        name="reason_eval",
+        group="evaluation",
+        sections=("evaluation.reason",),
+        upstream=("doge_reason", "tokenizer", "instruct_eval"),
+        code_version="eval-1",
+        description="lighteval report on doge_reason (chat template); gates: no regression vs instruct_eval, think format rate.",
+    ),
 }
 
 # Training stage name -> model asset it produces.
@@ -105,6 +131,10 @@ TRAINING_ASSETS = {
     "distill": "doge_reason_distill",
     "grpo": "doge_reason",
 }
+
+# Evaluation name (`python -m doge_dagster.evaluation NAME`) -> report asset, and the model it evaluates.
+EVALUATION_ASSETS = {"base": "base_eval", "instruct": "instruct_eval", "reason": "reason_eval"}
+EVALUATED_MODELS = {"base": "doge_base", "instruct": "doge_instruct", "reason": "doge_reason"}
 
 
 def mixture_stage(node_name: str) -> str:

@@ -77,15 +77,41 @@ def source_data_sensor(context: dg.SensorEvaluationContext):
     return requests or dg.SkipReason("no source changed since the last check")
 
 
-def failure_summary(run: dg.DagsterRun, error: str | None) -> dict:
-    """The facts a user needs first about a failed run."""
+def failure_summary(run: dg.DagsterRun, error: str | None, step_errors: dict[str, str] | None = None) -> dict:
+    """The facts a user needs first about a failed run: which run, job and partition, and why.
+
+    `error` is the run failure message ("Steps failed: [...]"); `step_errors` (step key -> root cause)
+    says why, so the summary leads with those when there are any.
+    """
+    step_errors = dict(step_errors or {})
+    reason = "\n".join(f"{step}: {message}" for step, message in step_errors.items()) or (error or "")
     return {
         "run_id": run.run_id,
         "job": run.job_name,
         "partition": run.tags.get("dagster/partition"),
         "overrides": {key: value for key, value in run.tags.items() if key.startswith(OVERRIDE_TAG_PREFIX)},
-        "error": (error or "").strip()[:2000],
+        "error": reason.strip()[:2000],
+        "run_error": (error or "").strip()[:500],
+        "failed_steps": {step: message[:2000] for step, message in step_errors.items()},
     }
+
+
+def step_failure_causes(context: dg.RunFailureSensorContext) -> dict[str, str]:
+    """Step key -> the innermost error message (dg.Failure description first) of each failed step."""
+    causes = {}
+    for event in context.get_step_failure_events():
+        data = event.step_failure_data
+        message = ""
+        if data.user_failure_data is not None and data.user_failure_data.description:
+            message = data.user_failure_data.description
+        error = data.error
+        while not message and error is not None:
+            # Dagster wraps user errors ("Error occurred while executing op ..."); the cause says why.
+            if error.cause is None:
+                message = error.message.strip()  # "module.ErrorClass: text"
+            error = error.cause
+        causes[event.step_key or "?"] = message.strip()
+    return causes
 
 
 @dg.run_failure_sensor(
@@ -95,7 +121,7 @@ def failure_summary(run: dg.DagsterRun, error: str | None) -> dict:
 def run_failure_summary(context: dg.RunFailureSensorContext, artifact_store: ArtifactStoreResource):
     """Record which run failed, on which partition, and why."""
     error = context.failure_event.message if context.failure_event else None
-    summary = failure_summary(context.dagster_run, error)
+    summary = failure_summary(context.dagster_run, error, step_failure_causes(context))
     store = artifact_store.get_store()
     path = f"{store.root}/_failures/{summary['run_id']}.json"
     store.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)

@@ -47,6 +47,25 @@ class ArtifactStoreResource(dg.ConfigurableResource):
             options["secret"] = self.secret_access_key
         return options
 
+    def process_env(self) -> dict[str, str]:
+        """Environment that lets a launched process open `ArtifactStore(root)` with no options.
+
+        s3fs reads these by itself: `FSSPEC_S3_ENDPOINT_URL` (fsspec's per-protocol config), the
+        region and the credentials through botocore's `AWS_*` variables. Credentials travel only
+        in the process environment, never in the spec file, metadata or manifests. Empty for
+        local roots.
+        """
+        if "://" not in self.root:
+            return {}
+        settings = {
+            "FSSPEC_S3_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ENDPOINT_URL_S3": self.endpoint_url,  # the same endpoint for boto3-based tools
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ACCESS_KEY_ID": self.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+        }
+        return {name: value for name, value in settings.items() if value}
+
     def get_store(self) -> ArtifactStore:
         """An `ArtifactStore` on the configured root."""
         return ArtifactStore(self.root_url, self.storage_options())

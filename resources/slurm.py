@@ -1,14 +1,13 @@
 """The Slurm backend: one sbatch script per stage, Dagster Pipes through files on the shared filesystem.
 
-A small client of our own (dagster-slurm is alpha and SSH-bound): render the script from the stage's
+Our own small client (dagster-slurm is alpha and SSH-bound): render the script from the stage's
 `LaunchRecipe`, submit it with `sbatch --parsable --export=ALL`, poll `scontrol show job -o`, stream the
-job's log into the run, and `scancel` the job when the Dagster step is interrupted. Every value that
-enters the script is quoted with `shlex.quote`; `setup` lines are shell code by design.
+job's log into the run, and `scancel` the job when the step is interrupted. Every value entering the
+script is quoted with `shlex.quote` (`setup` lines are shell code by design).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
@@ -24,7 +23,7 @@ from doge_dagster.training.launch import accelerate_command
 from doge_dagster.training.spec import StageSpec
 
 # Every other state ends the job; only COMPLETED counts as success (FAILED, CANCELLED, TIMEOUT, NODE_FAIL, ...).
-RUNNING = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+RUNNING = set("PENDING CONFIGURING RUNNING COMPLETING SUSPENDED REQUEUED REQUEUE_HOLD RESIZING STAGE_OUT".split())  # noqa: SIM905
 NODE_RANK, MASTER = "__DOGE_SLURM_NODEID__", "__DOGE_SLURM_MASTER__"  # replaced by shell variables in srun
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 TAIL_LINES = 40
@@ -39,6 +38,10 @@ class SlurmJob:
     state: str
     exit_code: str = "?"
     reason: str = ""
+
+    def describe(self) -> str:
+        """`STATE (reason)`."""
+        return self.state + (f" ({self.reason})" if self.reason not in ("", "None") else "")
 
 
 class SlurmError(RuntimeError):
@@ -62,30 +65,28 @@ def render_script(
     `$SLURM_NODEID` as machine rank and the job's first host as main process address.
     """
     quote = shlex.quote
-    directives: dict[str, object] = {"job-name": job_name, "nodes": launch.nodes, "ntasks-per-node": 1}
-    for option, value in (
-        ("partition", launch.partition or settings.partition),
-        ("account", launch.account or settings.account),
-        ("gres", f"gpu:{launch.gpus_per_node}" if launch.gpus_per_node > 0 else None),
-        ("cpus-per-task", launch.cpus_per_task),
-        ("mem", launch.memory),
-        ("time", launch.time_limit),
-    ):
-        if value is not None:
-            directives[option] = value
-    directives["output"] = log_path
-    directives["chdir"] = settings.chdir or str(PROJECT_ROOT)
-    lines = ["#!/bin/bash"] + [f"#SBATCH --{option}={quote(_one_line(value, option))}" for option, value in directives.items()]
+    directives = {
+        "job-name": job_name, "nodes": launch.nodes, "ntasks-per-node": 1,
+        "partition": launch.partition or settings.partition, "account": launch.account or settings.account,
+        "gres": f"gpu:{launch.gpus_per_node}" if launch.gpus_per_node > 0 else None,
+        "cpus-per-task": launch.cpus_per_task, "mem": launch.memory, "time": launch.time_limit,
+        "output": log_path, "chdir": settings.chdir or str(PROJECT_ROOT),
+    }  # fmt: skip
+    lines = ["#!/bin/bash"]
+    lines += [f"#SBATCH --{key}={quote(_one_line(val, key))}" for key, val in directives.items() if val is not None]
     for extra in [*settings.sbatch_extra, *launch.sbatch_extra]:
-        tokens = shlex.split(_one_line(extra, "sbatch_extra").strip().removeprefix("#SBATCH"))
-        lines.append("#SBATCH " + " ".join(quote(token) for token in tokens))
+        try:
+            tokens = shlex.split(_one_line(extra, "sbatch_extra").strip().removeprefix("#SBATCH"))
+        except ValueError as error:
+            raise dg.Failure(description=f"Slurm: sbatch_extra {extra!r} is not valid shell words: {error}") from None
+        lines.append("#SBATCH " + shlex.join(tokens))
     lines += ["set -eo pipefail", *launch.setup]
     for name, value in env.items():
         if not ENV_NAME.fullmatch(name):
             raise dg.Failure(description=f"Slurm: environment variable name {name!r} is not a shell identifier")
         lines.append(f"export {name}={quote(_one_line(value, f'env {name}'))}")
     if launch.nodes == 1:
-        lines.append(" ".join(quote(arg) for arg in accelerate_command(stage, spec_path, launch, python=settings.python)))
+        lines.append(shlex.join(accelerate_command(stage, spec_path, launch, python=settings.python)))
     else:
         argv = accelerate_command(
             stage, spec_path, launch, machine_rank=NODE_RANK, main_process_ip=MASTER,
@@ -101,7 +102,7 @@ def render_script(
 
 
 def _slurm(*command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
 
 
 def submit(script_path: Path) -> str:
@@ -129,18 +130,16 @@ def job_status(job_id: str) -> SlurmJob | None:
 
 def jobcomp_status(job_id: str) -> SlurmJob | None:
     """The job's final record in the `jobcomp/filetxt` file, when the cluster keeps one."""
-    config = dict(re.findall(r"^(\w+)\s*=\s*(.*?)\s*$", _slurm("scontrol", "show", "config").stdout, re.M))
+    config = dict(re.findall(r"^(\w+)\s*=\s*(.*?)\s*$", _slurm("scontrol", "show", "config").stdout, re.MULTILINE))
     if config.get("JobCompType") != "jobcomp/filetxt" or not config.get("JobCompLoc"):
         return None
-    try:
-        text = Path(config["JobCompLoc"]).read_text(errors="replace")
-    except OSError:
-        return None
-    records = [line for line in text.splitlines() if line.startswith(f"JobId={job_id} ")]
-    if not records:
-        return None
-    fields = _fields(records[-1])
-    return SlurmJob(job_id, fields.get("JobState", "UNKNOWN"), fields.get("ExitCode", "?"), "from the jobcomp record")
+    path = Path(config["JobCompLoc"])
+    text = path.read_text(errors="replace") if path.is_file() else ""
+    for line in reversed(text.splitlines()):  # the last record: job ids restart when a cluster's state is wiped
+        if line.startswith(f"JobId={job_id} "):
+            fields = _fields(line)
+            return SlurmJob(job_id, fields.get("JobState", "UNKNOWN"), fields.get("ExitCode", "?"), "jobcomp record")
+    return None
 
 
 def cancel(job_id: str) -> None:
@@ -182,23 +181,21 @@ def wait_for_job(context, job_id: str, log_path: Path, poll_interval_s: float) -
     tail, last, errors = LogTail(log_path), None, 0
     while True:
         try:
-            job = job_status(job_id)
-            errors = 0
-        except (SlurmError, subprocess.TimeoutExpired) as error:
+            job, errors = job_status(job_id), 0
+        except (SlurmError, subprocess.TimeoutExpired) as error:  # a busy or restarting controller: retry
             errors += 1
             if errors >= MAX_POLL_ERRORS:
                 raise
             context.log.warning(f"Slurm job {job_id}: polling failed ({errors}/{MAX_POLL_ERRORS}): {error}")
-            job = SlurmJob(job_id, "PENDING" if last is None else last.state)
+            job = last or SlurmJob(job_id, "PENDING")
         if job is None:
-            job = jobcomp_status(job_id) or SlurmJob(
-                job_id, "UNKNOWN", "?", "the job left scontrol (MinJobAge) and no jobcomp/filetxt record names it"
-            )
+            gone = "the job left scontrol (MinJobAge) and no jobcomp/filetxt record names it"
+            job = jobcomp_status(job_id) or SlurmJob(job_id, "UNKNOWN", "?", gone)
         done = job.state not in RUNNING
         for line in tail.read(final=done):
             context.log.info(f"[slurm {job_id}] {line}")
         if last is None or (job.state, job.reason) != (last.state, last.reason):
-            context.log.info(f"Slurm job {job_id}: {job.state}" + (f" ({job.reason})" if job.reason not in ("", "None") else ""))
+            context.log.info(f"Slurm job {job_id}: {job.describe()}")
         last = job
         if done:
             return job
@@ -216,7 +213,7 @@ def run_on_slurm(
     wait cancels the job before re-raising.
     """
     job_name = re.sub(r"[^A-Za-z0-9._-]", "_", f"doge-{spec.stage}-{spec.partition}")
-    job_dir = Path(settings.shared_dir) / f"{spec.asset}-{job_name[len('doge-'):]}-{spec.version}-{uuid.uuid4().hex[:8]}"
+    job_dir = Path(settings.shared_dir) / f"{job_name}-{spec.version}-{uuid.uuid4().hex[:8]}"
     job_dir.mkdir(parents=True, mode=0o700)  # the script holds the run's environment
     log_path, script_path = job_dir / "job.log", job_dir / "job.sbatch"
     with dg.open_pipes_session(
@@ -227,7 +224,6 @@ def run_on_slurm(
         script = render_script(launch, str(spec_path), spec.stage, job_name, str(log_path),
                                {**env, **session.get_bootstrap_env_vars()}, settings)  # fmt: skip
         script_path.write_text(script)
-        os.chmod(script_path, 0o700)
         try:
             job_id = submit(script_path)
         except SlurmError as error:
@@ -235,16 +231,15 @@ def run_on_slurm(
         context.log.info(f"submitted Slurm job {job_id} ({job_name}): script {script_path}, log {log_path}")
         try:
             job = wait_for_job(context, job_id, log_path, settings.poll_interval_s)
-        except BaseException:  # interrupted step (DagsterExecutionInterruptedError, KeyboardInterrupt) or lost controller
+        except BaseException:  # interrupted step (DagsterExecutionInterruptedError, KeyboardInterrupt), lost controller
             cancel(job_id)
             context.log.warning(f"cancelled Slurm job {job_id}")
             raise
         if job.state != "COMPLETED":
             raise dg.Failure(
                 description=(
-                    f"Slurm job {job_id} ({job_name}) ended {job.state}, exit code {job.exit_code}"
-                    + (f", reason {job.reason}" if job.reason not in ("", "None") else "")
-                    + f"; last {TAIL_LINES} lines of {log_path}:\n{log_tail(log_path)}"
+                    f"Slurm job {job_id} ({job_name}) ended {job.describe()}, exit code {job.exit_code}; "
+                    f"last {TAIL_LINES} lines of {log_path}:\n{log_tail(log_path)}"
                 ),
                 metadata={"job_id": job_id, "state": job.state, "exit_code": job.exit_code, "log": str(log_path)},
             )

@@ -36,7 +36,9 @@ class SlurmCluster:
 
     def run(self, *command: str, check: bool = True) -> str:
         """Run a Slurm client command against this cluster and return its stdout."""
-        result = subprocess.run(command, env={**os.environ, **self.env}, capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            command, check=False, env={**os.environ, **self.env}, capture_output=True, text=True, timeout=30
+        )
         if check and result.returncode:
             raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}")
         return result.stdout
@@ -151,7 +153,11 @@ def start_cluster() -> SlurmCluster:
         deadline = time.monotonic() + 30
         while cluster.run("sinfo", "-h", "-o", "%T", check=False).strip() != "idle":
             if time.monotonic() > deadline:
-                logs = "\n".join((root / name).read_text()[-2000:] for name in ("slurmctld.log", "slurmd.log") if (root / name).exists())
+                logs = "\n".join(
+                    (root / name).read_text()[-2000:]
+                    for name in ("slurmctld.log", "slurmd.log")
+                    if (root / name).exists()
+                )
                 raise RuntimeError(f"Slurm node did not become idle within 30 s:\n{logs}")
             time.sleep(0.1)
     except BaseException:

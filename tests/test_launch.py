@@ -28,7 +28,7 @@ def test_unknown_accelerate_config_names_the_field_and_every_known_config():
     with pytest.raises(LaunchError) as raised:
         validate_stage("sft", recipe)
     message = str(raised.value)
-    assert "launch.accelerate_config" in message and "'cpu_zero7'" in message, message
+    assert "stages.sft.launch.accelerate_config" in message and "'cpu_zero7'" in message, message
     assert {"cpu", "cpu_ddp", "cpu_zero2"} <= set(KNOWN_CONFIGS)
     for name in KNOWN_CONFIGS:
         assert name in message, f"known config {name!r} missing from: {message}"
@@ -42,6 +42,19 @@ def test_accelerate_config_may_be_a_yaml_path(tmp_path):
     validate_stage("pretrain", tiny_recipe({"stages.pretrain.launch.accelerate_config": str(config)}))
     with pytest.raises(LaunchError, match="accelerate_config"):
         accelerate_config_path(str(tmp_path / "missing.yaml"))
+
+
+def test_multi_process_config_without_a_process_count_is_rejected():
+    # `--num_processes` from the recipe overrides the config: cpu_ddp alone would silently run ONE process
+    recipe = tiny_recipe({"stages.pretrain.launch.accelerate_config": "cpu_ddp"})
+    with pytest.raises(LaunchError) as raised:
+        validate_stage("pretrain", recipe)
+    message = str(raised.value)
+    assert "stages.pretrain.launch.num_processes" in message and "'cpu_ddp' declares 2 processes" in message, message
+    validate_stage("pretrain", tiny_recipe({"stages.pretrain.launch": {"accelerate_config": "cpu_ddp", "num_processes": 2}}))
+    validate_stage("pretrain", tiny_recipe({"stages.pretrain.launch": {"accelerate_config": "cpu_ddp", "num_processes": 1}}))
+    validate_stage("pretrain", tiny_recipe({"stages.pretrain.launch": {"accelerate_config": "ddp", "gpus_per_node": 4}}))
+    validate_stage("pretrain", tiny_recipe({"stages.pretrain.launch.accelerate_config": "cpu_zero2"}))  # one process
 
 
 @pytest.mark.parametrize(

@@ -15,14 +15,14 @@ import sys
 import time
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import yaml
 from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
-import dagster as dg
 from doge_dagster.recipes import PROJECT_ROOT, LaunchRecipe
 from resources.compute import SlurmSettings
-from resources.slurm import LogTail, render_script, submit, SlurmError
+from resources.slurm import LogTail, SlurmError, render_script, submit
 
 INJECTION = "x; touch {marker}; $(touch {marker}) `touch {marker}` '\"; touch {marker}"
 
@@ -56,8 +56,8 @@ def tiny_recipes(folder: Path, training: dict | None = None, launch: dict | None
     raw = yaml.safe_load((PROJECT_ROOT / "recipes" / "tiny.yaml").read_text())
     pretrain = raw["stages"]["pretrain"]
     pretrain["training"].update(
-        max_steps=20, warmup_steps=2, logging_steps=2, save_steps=10,
-        lr_scheduler_kwargs={"num_decay_steps": 4, "min_lr_ratio": 0.0}, **(training or {}),
+        max_steps=8, warmup_steps=1, logging_steps=2, save_steps=4, per_device_train_batch_size=4,
+        lr_scheduler_kwargs={"num_decay_steps": 2, "min_lr_ratio": 0.0}, **(training or {}),
     )  # fmt: skip
     pretrain["launch"].update(launch or {})
     folder.mkdir(parents=True, exist_ok=True)
@@ -89,7 +89,9 @@ def run_script(script: str, folder: Path, env: dict[str, str] | None = None) -> 
     """Run a rendered script with bash (the #SBATCH lines are comments) and return its stdout."""
     path = folder / "job.sbatch"
     path.write_text(script)
-    result = subprocess.run(["bash", str(path)], capture_output=True, text=True, cwd=folder, env={**os.environ, **(env or {})})
+    result = subprocess.run(
+        ["bash", str(path)], check=False, capture_output=True, text=True, cwd=folder, env={**os.environ, **(env or {})}
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -102,11 +104,23 @@ def sbatch_options(script: str) -> list[list[str]]:
 def test_script_quotes_every_value_and_injection_stays_inert(tmp_path):
     marker = tmp_path / "pwned"
     evil = INJECTION.format(marker=marker)
-    launch = LaunchRecipe(partition=evil, account=evil, memory=evil, sbatch_extra=[f"--comment={evil}"])
-    script = render_script(launch, f"/shared/{evil}/spec.json", "pretrain", "doge-pretrain-tiny", "/shared/job.log", {"EVIL": evil}, echo_settings())
+    launch = LaunchRecipe(partition=evil, account=evil, memory=evil, sbatch_extra=[shlex.join([f"--comment={evil}"])])
+    script = render_script(
+        launch,
+        f"/shared/{evil}/spec.json",
+        "pretrain",
+        "doge-pretrain-tiny",
+        "/shared/job.log",
+        {"EVIL": evil},
+        echo_settings(),
+    )
     options = sbatch_options(script)
     assert ["--partition=" + evil] in options and ["--account=" + evil] in options and ["--comment=" + evil] in options
-    assert ["--job-name=doge-pretrain-tiny"] in options and ["--ntasks-per-node=1"] in options and ["--chdir=/srv/project"] in options
+    assert (
+        ["--job-name=doge-pretrain-tiny"] in options
+        and ["--ntasks-per-node=1"] in options
+        and ["--chdir=/srv/project"] in options
+    )
     assert not any(option[0].startswith("--gres") for option in options)
     output = run_script(script + 'printf "%s" "$EVIL" > env.txt\n', tmp_path)
     assert not marker.exists()
@@ -115,7 +129,13 @@ def test_script_quotes_every_value_and_injection_stays_inert(tmp_path):
                               "--num_processes", "1", "--num_machines", "1", "-m", "doge_dagster.training", "pretrain",
                               "--spec", f"/shared/{evil}/spec.json"]) + "\n"  # fmt: skip
     with pytest.raises(dg.Failure, match="single line"):
-        render_script(LaunchRecipe(partition="gpu\ntouch /tmp/x"), "/s.json", "pretrain", "j", "/l", {}, echo_settings())
+        render_script(
+            LaunchRecipe(partition="gpu\ntouch /tmp/x"), "/s.json", "pretrain", "j", "/l", {}, echo_settings()
+        )
+    with pytest.raises(dg.Failure, match="sbatch_extra"):
+        render_script(
+            LaunchRecipe(sbatch_extra=["--comment='open"]), "/s.json", "pretrain", "j", "/l", {}, echo_settings()
+        )
     with pytest.raises(dg.Failure, match="shell identifier"):
         render_script(LaunchRecipe(), "/s.json", "pretrain", "j", "/l", {"A=1; touch x": "v"}, echo_settings())
 
@@ -127,7 +147,9 @@ def test_script_gres_resources_setup_and_extra_lines(tmp_path):
         env={"NCCL_DEBUG": "INFO"},
     )  # fmt: skip
     settings = echo_settings(sbatch_extra=["--exclusive"], partition="ignored-when-recipe-names-one")
-    script = render_script(launch, "/s.json", "sft", "doge-sft-20M", "/shared/job.log", {"NCCL_DEBUG": "INFO"}, settings)
+    script = render_script(
+        launch, "/s.json", "sft", "doge-sft-20M", "/shared/job.log", {"NCCL_DEBUG": "INFO"}, settings
+    )
     options = sbatch_options(script)
     for expected in ("--gres=gpu:4", "--cpus-per-task=16", "--mem=200G", "--time=7-00:00:00", "--partition=gpu",
                      "--account=lm", "--output=/shared/job.log", "--nodes=1"):  # fmt: skip
@@ -136,7 +158,9 @@ def test_script_gres_resources_setup_and_extra_lines(tmp_path):
     body = script.split("\n")
     assert body.index("module load cuda") < body.index("export NCCL_DEBUG=INFO") < len(body) - 2
     assert "--num_processes 4" in body[-2]  # gpus_per_node x nodes
-    fallback = sbatch_options(render_script(LaunchRecipe(), "/s.json", "sft", "j", "/l", {}, echo_settings(partition="cpu", account="me")))
+    fallback = sbatch_options(
+        render_script(LaunchRecipe(), "/s.json", "sft", "j", "/l", {}, echo_settings(partition="cpu", account="me"))
+    )
     assert ["--partition=cpu"] in fallback and ["--account=me"] in fallback
 
 
@@ -147,11 +171,17 @@ def test_multi_node_script_runs_one_launch_per_node_with_its_rank(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     # Fake scontrol and srun: two hosts; srun runs its command once per node with that node's SLURM_NODEID.
-    (bin_dir / "scontrol").write_text('#!/bin/bash\n[ "$*" = "show hostnames node[01-02]" ] && printf "node01\\nnode02\\n"\n')
+    (bin_dir / "scontrol").write_text(
+        '#!/bin/bash\n[ "$*" = "show hostnames node[01-02]" ] && printf "node01\\nnode02\\n"\n'
+    )
     (bin_dir / "srun").write_text('#!/bin/bash\nfor n in 0 1; do SLURM_NODEID=$n "${@:4}"; done\n')
     for tool in ("scontrol", "srun"):
         (bin_dir / tool).chmod(0o755)
-    output = run_script(script, tmp_path, {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node[01-02]", "SLURM_NODEID": "7"})
+    output = run_script(
+        script,
+        tmp_path,
+        {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node[01-02]", "SLURM_NODEID": "7"},
+    )
     lines = output.strip().splitlines()
     assert len(lines) == 2
     for rank, line in enumerate(lines):
@@ -198,7 +228,9 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_tiny_pretrain_runs_through_sbatch_with_pipes(slurm_cluster, tiny_data, tmp_path):  # noqa: F811
-    report = run_driver(tiny_recipes(tmp_path / "recipes"), tiny_data, slurm_cluster.shared_dir, tmp_path / "out.json", ["doge_base"])
+    report = run_driver(
+        tiny_recipes(tmp_path / "recipes"), tiny_data, slurm_cluster.shared_dir, tmp_path / "out.json", ["doge_base"]
+    )
     assert report["success"], report["failures"]
     logs = "\n".join(report["logs"])
     assert "submitted Slurm job" in logs and "COMPLETED" in logs
@@ -236,5 +268,5 @@ def test_failing_job_reports_state_exit_code_and_log_tail(slurm_cluster, tiny_da
     report = run_driver(recipes, tiny_data, slurm_cluster.shared_dir, tmp_path / "out.json", ["doge_base"])
     assert not report["success"]
     failure = "\n".join(report["failures"])
-    assert "ended FAILED, exit code 3:0" in failure and "boom-marker" in failure, failure
+    assert "ended FAILED" in failure and "exit code 3:0" in failure and "boom-marker" in failure, failure
     assert not slurm_cluster.queue()

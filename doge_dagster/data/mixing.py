@@ -13,6 +13,7 @@ Fixes of the seed's mixer, each tested:
 
 from __future__ import annotations
 
+import math
 import random
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -34,7 +35,8 @@ DEFAULT_THINKING_PROMPT = (
     "You are Doge, a helpful assistant. Think step by step inside <think> and </think>, "
     "then give the final answer after the closing tag."
 )
-TOKENIZE_BATCH = 512
+TOKENIZE_BATCH = 512  # rows read from a source at a time
+MIN_ENCODE = 64  # fewest texts tokenized in one call (see `_document_stream`)
 MATERIALISE_ROWS = 10_000  # rows per Arrow table while the mixture is built
 
 
@@ -233,22 +235,32 @@ def _batch_encoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[str]], 
 def _document_stream(
     name: str, rows: Iterable[Row], text_field: str, tokenizer: PreTrainedTokenizerBase, budget: int, stats: SourceStats
 ) -> Iterator[list[int]]:
-    """Token ids of documents (EOS appended), tokenized batch by batch, until `budget` tokens are out."""
+    """Token ids of documents (EOS appended), tokenized batch by batch, until `budget` tokens are out.
+
+    Rows are read `TOKENIZE_BATCH` at a time, but tokenized only as far as the budget is likely to need:
+    a first slice of `MIN_ENCODE` texts, then the rows the rest of the budget needs at the source's mean
+    document length so far, plus a fifth; so the last batch of a source is not tokenized in vain.
+    """
     eos = tokenizer.eos_token_id
     encode = _batch_encoder(tokenizer)
     remaining = budget
     for texts in _text_batches(rows, text_field, TOKENIZE_BATCH):
         stats.rows_read += len(texts)
-        for ids in encode(texts):
-            ids.append(eos)
-            if len(ids) >= remaining:
-                ids = ids[:remaining]
-            remaining -= len(ids)
-            stats.rows_used += 1
-            stats.tokens += len(ids)
-            yield ids
-            if remaining == 0:
-                return
+        start = 0
+        while start < len(texts):
+            needed = math.ceil(1.2 * remaining * stats.rows_used / stats.tokens) if stats.tokens else 0
+            stop = start + max(MIN_ENCODE, needed)
+            for ids in encode(texts[start:stop]):
+                ids.append(eos)
+                if len(ids) >= remaining:
+                    ids = ids[:remaining]
+                remaining -= len(ids)
+                stats.rows_used += 1
+                stats.tokens += len(ids)
+                yield ids
+                if remaining == 0:
+                    return
+            start = stop
     raise MixingError(
         f"source {name!r} ran out after {stats.rows_read} rows and {stats.tokens} tokens of the "
         f"{budget} it must contribute; lower total_size or give the source more rows"

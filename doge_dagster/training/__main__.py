@@ -9,7 +9,9 @@ def main() -> None:
     """Parse the command line and run the stage."""
     parser = argparse.ArgumentParser(prog="python -m doge_dagster.training", description=__doc__)
     parser.add_argument("stage", choices=sorted(STAGE_MODULES))
-    parser.add_argument("--spec", required=True, help="launch spec JSON written by the orchestrator")
+    parser.add_argument(
+        "--spec", required=True, help="launch spec JSON written by the orchestrator, or env:NAME to read it from $NAME"
+    )
     arguments = parser.parse_args()
     run_stage(arguments.stage, arguments.spec)
 

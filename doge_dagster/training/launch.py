@@ -41,6 +41,17 @@ def accelerate_config_path(name: str) -> Path:
     return path
 
 
+def declared_processes(config_path: Path) -> int | None:
+    """`num_processes` of an accelerate config file (None when it sets none or is unreadable)."""
+    import yaml
+
+    try:
+        value = (yaml.safe_load(config_path.read_text()) or {}).get("num_processes")
+        return int(value) if value is not None else None
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+        return None
+
+
 def trainer_fields(stage: str) -> set[str]:
     """Field names of the stage's trainer config class, cached per installed transformers/TRL version
     (importing them costs seconds, checking a recipe should not)."""
@@ -75,7 +86,18 @@ def validate_stage(stage: str, recipe: Recipe, tokenizer_vocab: int | None = Non
     """Reject a stage recipe that would fail after launch, naming the field and the fix."""
     section = recipe.section(f"stages.{stage}")
     launch: LaunchRecipe = section.launch
-    accelerate_config_path(launch.accelerate_config)
+    try:
+        config_path = accelerate_config_path(launch.accelerate_config)
+    except LaunchError as error:  # name the stage: a recipe has five launch sections
+        raise LaunchError(f"stages.{stage}.{error}") from None
+    declared = declared_processes(config_path)
+    if launch.num_processes is None and launch.gpus_per_node == 0 and declared is not None and declared > launch.processes:
+        # the launch passes --num_processes, which overrides the config: cpu_ddp would silently run 1 process
+        raise LaunchError(
+            f"stages.{stage}.launch: accelerate config {launch.accelerate_config!r} declares {declared} processes, but "
+            f"the stage resolves to {launch.processes} (num_processes unset, gpus_per_node 0); set "
+            f"stages.{stage}.launch.num_processes (e.g. {declared}) or gpus_per_node"
+        )
     known = trainer_fields(stage)
     for key in section.training:
         if key in RUNNER_OWNED:
@@ -113,8 +135,10 @@ def accelerate_command(
     main_process_ip: str | None = None,
     main_process_port: int = 29500,
     python: str | None = None,
+    module: str = "doge_dagster.training",
 ) -> list[str]:
-    """`accelerate launch --config_file CFG ... -m doge_dagster.training STAGE --spec SPEC`.
+    """`accelerate launch --config_file CFG ... -m MODULE STAGE --spec SPEC` (MODULE: doge_dagster.training,
+    or doge_dagster.evaluation for evaluations: `StageSpec.module`).
 
     Multi-node launches pass `machine_rank` (e.g. `$SLURM_NODEID`) and the first node's address.
     """
@@ -129,7 +153,7 @@ def accelerate_command(
         if machine_rank is None or main_process_ip is None:
             raise LaunchError("a multi-node launch needs machine_rank and main_process_ip")
         command += ["--machine_rank", machine_rank, "--main_process_ip", main_process_ip, "--main_process_port", str(main_process_port)]
-    return command + ["-m", "doge_dagster.training", stage, "--spec", spec_path]
+    return command + ["-m", module, stage, "--spec", spec_path]
 
 
 def describe_command(command: list[str]) -> dict[str, Any]:

@@ -7,11 +7,17 @@ Secrets never go in here: object-store credentials reach the nodes through the e
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from doge_dagster.plan import NODES, TRAINING_ASSETS
+
+# `--spec env:NAME` reads the spec JSON from the environment variable NAME instead of a file: for
+# backends without a filesystem shared with the Dagster host (Kubernetes pods get DOGE_SPEC_JSON).
+SPEC_ENV_PREFIX = "env:"
+SPEC_ENV_VAR = "DOGE_SPEC_JSON"
 
 
 @dataclass(frozen=True)
@@ -26,11 +32,15 @@ class StageSpec:
     store_root: str
     work_dir: str
     env: dict[str, str] = field(default_factory=dict)
+    # Launches other than training (evaluation): the asset produced and the entrypoint package run as
+    # `python -m MODULE STAGE --spec F`. Training specs leave both at their defaults.
+    asset_name: str | None = None
+    module: str = "doge_dagster.training"
 
     @property
     def asset(self) -> str:
-        """The model asset this stage produces."""
-        return TRAINING_ASSETS[self.stage]
+        """The asset this launch produces (the stage's model for training)."""
+        return self.asset_name or TRAINING_ASSETS[self.stage]
 
     @property
     def parent_model(self) -> str | None:
@@ -43,12 +53,22 @@ class StageSpec:
         """The upstream mixture asset."""
         return next(name for name in NODES[self.asset].upstream if name.endswith("_mixture"))
 
+    def to_json(self) -> str:
+        """The spec as JSON text (what `write` writes)."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
     def write(self, path: Path) -> Path:
         """Write the spec as JSON."""
-        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+        path.write_text(self.to_json())
         return path
 
     @classmethod
     def read(cls, path: str | Path) -> StageSpec:
-        """Read a spec written by `write`."""
+        """Read a spec written by `write`, or from an environment variable given as `env:NAME`."""
+        location = str(path)
+        if location.startswith(SPEC_ENV_PREFIX):
+            name = location.removeprefix(SPEC_ENV_PREFIX)
+            if name not in os.environ:
+                raise FileNotFoundError(f"--spec {location}: environment variable {name} is not set")
+            return cls(**json.loads(os.environ[name]))
         return cls(**json.loads(Path(path).read_text()))

@@ -1,0 +1,82 @@
+"""Evaluation assets: base_eval, instruct_eval, reason_eval, one lighteval report per model.
+
+Each launches `python -m doge_dagster.evaluation {base,instruct,reason}` on the same `compute` resource
+as training (so real sizes evaluate on the GPUs that trained them); the process publishes the report
+itself (manifest last) and the asset reports it from the manifest. The gates are blocking checks:
+valid scores, no regression beyond `regression_tolerance` on tasks shared with the previous stage's
+report, and (reason) the think format rate. A failing instruct_eval gate stops doge_reason_distill.
+"""
+
+import dagster as dg
+
+from assets.partitions import RECIPE_PARTITIONS
+from assets.training import work_dir
+from assets.versioned import BuildContext, BuildOutput, materialize_versioned, node_code_version
+from doge_dagster.plan import EVALUATION_ASSETS, NODES
+from doge_dagster.training.spec import StageSpec
+from resources.artifact_store import ArtifactStoreResource
+from resources.compute import ComputeResource
+
+PARTITIONS = RECIPE_PARTITIONS.get_partition_keys()
+EVALUATION_CHECKS = {
+    "base": ("scores_valid",),
+    "instruct": ("scores_valid", "no_regression"),
+    "reason": ("scores_valid", "no_regression", "format_rate"),
+}
+MARKDOWN_KEYS = ("summary", "score_table", "comparison_table")
+
+
+def with_markdown(result: dg.MaterializeResult) -> dg.MaterializeResult:
+    """The report's markdown texts shown as markdown (fresh and cached materializations alike)."""
+    metadata = dict(result.metadata or {})
+    for key in MARKDOWN_KEYS:
+        value = metadata.get(key)
+        text = getattr(value, "value", value)
+        if isinstance(text, str):
+            metadata[key] = dg.MetadataValue.md(text)
+    return dg.MaterializeResult(metadata=metadata, data_version=result.data_version, check_results=result.check_results)
+
+
+def build_evaluation_asset(stage: str) -> dg.AssetsDefinition:
+    """The report asset of evaluation `stage`, launched on the `compute` resource."""
+    name = EVALUATION_ASSETS[stage]
+    node = NODES[name]
+
+    @dg.asset(
+        name=name,
+        group_name=node.group,
+        partitions_def=RECIPE_PARTITIONS,
+        deps=list(node.upstream),
+        code_version=node_code_version(name, PARTITIONS),
+        description=node.description,
+        check_specs=[dg.AssetCheckSpec(check, asset=name, blocking=True) for check in EVALUATION_CHECKS[stage]],
+        pool="gpu",
+        kinds={"pytorch"},
+    )
+    def evaluation_asset(
+        context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResource, compute: ComputeResource
+    ) -> dg.MaterializeResult:
+        """Evaluate the model with lighteval on the configured compute and publish the report."""
+
+        def launch(build: BuildContext) -> BuildOutput:
+            spec = StageSpec(
+                stage=stage,
+                partition=context.partition_key,
+                version=build.planned.version,
+                upstream=build.planned.upstream,
+                recipe=build.recipe.model_dump(mode="json"),
+                store_root=build.store.root_url,
+                work_dir=str(work_dir(build.store, compute, name, context.partition_key, build.planned.version)),
+                asset_name=name,
+                module="doge_dagster.evaluation",
+            )
+            launch_recipe = build.recipe.section(f"evaluation.{stage}").launch
+            compute.run_stage(context, spec, launch_recipe, extra_env=artifact_store.process_env())
+            return BuildOutput()
+
+        return with_markdown(materialize_versioned(context, artifact_store, name, launch, publishes_itself=True))
+
+    return evaluation_asset
+
+
+EVALUATION_ASSET_DEFS = [build_evaluation_asset(stage) for stage in EVALUATION_ASSETS]

@@ -1,0 +1,342 @@
+"""Training stages end to end, through the user's paths: `dagster asset materialize` and `dg.materialize`.
+
+Every test runs Dagster in a subprocess (recipes are read from DOGE_RECIPES_DIR at import time), on its
+own artifact root; the data assets are materialized once per session and copied where needed. Edited
+recipes keep the data sections of `tiny`, so the data versions, and the copied artifacts, still match.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from helpers import (
+    DATA_ASSETS,
+    MODEL_ASSETS,
+    cli_materialize_command,
+    copy_artifacts,
+    dagster_env,
+    dg_materialize,
+    kill_group,
+    planned_version,
+    processes_in_group,
+    published_versions,
+    read_manifest,
+    run_cli_materialize,
+    tail,
+    write_tiny_recipe,
+)
+
+PARTITION = "tiny"
+CHAT_MODELS = MODEL_ASSETS[1:]
+
+
+def short_schedule(steps: int, logging_steps: int, save_steps: int = 1000) -> dict:
+    """Pretraining edits: `steps` WSD steps with short warmup and decay."""
+    return {
+        "stages.pretrain.training.max_steps": steps,
+        "stages.pretrain.training.logging_steps": logging_steps,
+        "stages.pretrain.training.save_steps": save_steps,
+        "stages.pretrain.training.warmup_steps": max(1, steps // 10),
+        "stages.pretrain.training.lr_scheduler_kwargs": {"num_decay_steps": max(1, steps // 10), "min_lr_ratio": 0.0},
+    }
+
+
+# The whole chain, shorter: every stage still trains, checks and publishes (the shipped step counts only
+# make the models better, and cost minutes on two shared cores).
+CHAIN_EDITS = {
+    **short_schedule(120, 10, 60),
+    "stages.sft.training.max_steps": 30,
+    "stages.sft.training.save_steps": 30,
+    "stages.dpo.training.max_steps": 10,
+    "stages.dpo.training.save_steps": 10,
+    "stages.distill.training.max_steps": 30,
+    "stages.distill.training.save_steps": 30,
+    "stages.grpo.training.max_steps": 4,
+    "stages.grpo.training.logging_steps": 2,
+    "stages.grpo.training.save_steps": 4,
+}
+
+
+def assert_success(completed: subprocess.CompletedProcess, what: str) -> None:
+    assert completed.returncode == 0, f"{what} failed (rc {completed.returncode}):\n{tail(completed.stdout, 80)}"
+
+
+def instance_at(home: Path):
+    import dagster as dg
+
+    return dg.DagsterInstance.from_config(str(home))
+
+
+def latest_run_logs(home: Path, step: str) -> list[str]:
+    """User log messages of `step` in the newest run of the instance at `home`."""
+    with instance_at(home) as instance:
+        run = instance.get_runs(limit=1)[0]
+        return [entry.user_message for entry in instance.all_logs(run.run_id) if entry.step_key == step and not entry.is_dagster_event]
+
+
+def latest_materialization(home: Path, asset: str):
+    """(run id, metadata values) of the asset's newest materialization."""
+    import dagster as dg
+
+    with instance_at(home) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        assert event is not None, f"no materialization of {asset} in {home}"
+        return event.run_id, {key: value.value for key, value in event.asset_materialization.metadata.items()}
+
+
+def no_work_started(root: Path, asset: str) -> list[Path]:
+    """Anything a launch would have left for `asset`: its work folders (spec, checkpoints)."""
+    work = root / asset / PARTITION / ".work"
+    return sorted(work.rglob("*")) if work.exists() else []
+
+
+# -- session fixtures -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def torch_extensions_dir(tmp_path_factory) -> Path:
+    """One JIT cache for the session: DeepSpeed builds its CPU Adam op once (about 40 s)."""
+    return tmp_path_factory.mktemp("torch-extensions")
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """The tiny recipe's tokenizer and five mixtures, materialized once through the CLI."""
+    base = tmp_path_factory.mktemp("data")
+    root = base / "artifacts"
+    env = dagster_env(base / "dagster-home", root)
+    completed = run_cli_materialize(",".join(DATA_ASSETS), env, timeout=600, log_path=base / "materialize.log")
+    assert_success(completed, "materializing the data assets")
+    missing = [asset for asset in DATA_ASSETS if not published_versions(root, asset)]
+    assert not missing, f"data assets not published: {missing}"
+    return root
+
+
+def fresh_root(data_root: Path, folder: Path) -> Path:
+    """A new artifact root holding a copy of the session's data artifacts."""
+    root = folder / "artifacts"
+    copy_artifacts(data_root, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_chain(data_root, tmp_path_factory):
+    """All five models of the (shortened) tiny chain, materialized through the CLI on the data root."""
+    base = tmp_path_factory.mktemp("chain")
+    recipes = write_tiny_recipe(base / "recipes", CHAIN_EDITS)
+    env = dagster_env(base / "dagster-home", data_root, recipes)
+    started = time.monotonic()
+    completed = run_cli_materialize(",".join(MODEL_ASSETS), env, timeout=1500, log_path=base / "materialize.log")
+    assert_success(completed, "materializing the tiny chain")
+    versions = {asset: planned_version(asset, CHAIN_EDITS) for asset in MODEL_ASSETS}
+    for asset, version in versions.items():
+        assert published_versions(data_root, asset) == [version], f"{asset}: expected exactly version {version} published"
+    return {"root": data_root, "home": base / "dagster-home", "env": env, "versions": versions, "seconds": time.monotonic() - started}
+
+
+# -- a. bad launch input fails before launch --------------------------------------------------------------------
+def test_missing_upstream_fails_naming_what_to_materialize_first(tmp_path):
+    root = tmp_path / "empty-artifacts"
+    result = dg_materialize("doge_instruct_sft", dagster_env(tmp_path / "home", root))
+    assert not result["success"], "materializing doge_instruct_sft on an empty artifact root must fail"
+    [failure] = result["failures"]
+    text = failure["error"] + failure["description"]
+    assert "materialize doge_base for partition tiny first" in text, text
+    assert "doge_base[tiny]" in text, text
+    assert result["launches"] == 0, "no training process may start without its upstream"
+    assert not root.exists() or not list(root.rglob("manifest.json")), "nothing may be published"
+    assert no_work_started(root, "doge_instruct_sft") == []
+
+
+@pytest.mark.slow
+def test_unknown_accelerate_config_fails_before_launch(data_root, tmp_path):
+    root = fresh_root(data_root, tmp_path)
+    recipes = write_tiny_recipe(tmp_path / "recipes", {"stages.pretrain.launch.accelerate_config": "cpu_zero7"})
+    result = dg_materialize("doge_base", dagster_env(tmp_path / "home", root, recipes))
+    assert not result["success"]
+    [failure] = result["failures"]
+    assert failure["step"] == "doge_base"
+    text = failure["description"]
+    assert "stages.pretrain.launch.accelerate_config" in text and "'cpu_zero7'" in text, text
+    for known in ("cpu", "cpu_ddp", "cpu_zero2"):
+        assert known in text, f"the message should list the known config {known!r}: {text}"
+    assert result["launches"] == 0, "the stage was launched despite the bad accelerate config"
+    assert published_versions(root, "doge_base") == []
+    assert no_work_started(root, "doge_base") == [], "a launch spec or checkpoint folder was written"
+
+
+# -- b. resume after SIGKILL ------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_killed_pretraining_resumes_from_its_last_checkpoint(data_root, tmp_path):
+    edits = short_schedule(60, 10, save_steps=20)
+    root = fresh_root(data_root, tmp_path)
+    env = dagster_env(tmp_path / "home", root, write_tiny_recipe(tmp_path / "recipes", edits))
+    version = planned_version("doge_base", edits)
+    work = root / "doge_base" / PARTITION / ".work" / version
+    checkpoint_state = work / "checkpoints" / "checkpoint-20" / "trainer_state.json"
+
+    log = tmp_path / "killed-run.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            cli_materialize_command("doge_base"), cwd=Path(__file__).resolve().parents[1], env=env,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while not checkpoint_state.is_file():
+            assert process.poll() is None, f"the run ended before checkpoint-20 was written:\n{tail(log.read_text())}"
+            assert time.monotonic() < deadline, f"no checkpoint-20 after 600 s:\n{tail(log.read_text())}"
+            time.sleep(0.05)
+        assert published_versions(root, "doge_base") == [], "the run finished before it could be killed"
+    finally:
+        kill_group(process.pid)
+        process.wait(timeout=30)
+    assert processes_in_group(process.pid) == [], "processes of the killed run survived the SIGKILL of its group"
+    assert published_versions(root, "doge_base") == [], "a killed run must not publish a manifest"
+    assert not (root / "doge_base" / PARTITION / version / "manifest.json").exists()
+
+    completed = run_cli_materialize("doge_base", env, timeout=900, log_path=tmp_path / "resumed-run.log")
+    assert_success(completed, "re-materializing doge_base after the kill")
+    assert published_versions(root, "doge_base") == [version], "exactly one complete doge_base version expected"
+    metadata = read_manifest(root, "doge_base", version)["metadata"]
+    assert metadata["resumed_from_step"] >= 20, f"did not resume: resumed_from_step={metadata['resumed_from_step']}"
+    assert metadata["global_step"] == 60, metadata["global_step"]
+    assert all(passed for passed, _ in metadata["checks"].values()), metadata["checks"]
+    assert re.search(r"resuming from checkpoint-(\d+)", completed.stdout), "the resumed run should log its resume point"
+    assert not (work / "checkpoints").exists(), "checkpoints of a published version should be cleaned up"
+    _, materialized = latest_materialization(tmp_path / "home", "doge_base")
+    assert materialized["resumed_from_step"] == metadata["resumed_from_step"] and materialized["cached"] is False
+
+
+# -- c. distributed backends on the CPU -------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_pretraining_under_two_process_ddp(data_root, tmp_path):
+    steps = 10
+    edits = {**short_schedule(steps, 1), "stages.pretrain.launch": {"accelerate_config": "cpu_ddp", "num_processes": 2}}
+    root = fresh_root(data_root, tmp_path)
+    home = tmp_path / "home"
+    env = dagster_env(home, root, write_tiny_recipe(tmp_path / "recipes", edits))
+    completed = run_cli_materialize("doge_base", env, timeout=800, log_path=tmp_path / "ddp.log")
+    assert_success(completed, "doge_base under cpu_ddp")
+    [version] = published_versions(root, "doge_base")
+    metadata = read_manifest(root, "doge_base", version)["metadata"]
+    assert metadata["world_size"] == 2, f"expected 2 DDP processes, got world_size {metadata['world_size']}"
+    assert metadata["global_step"] == steps
+    _, materialized = latest_materialization(home, "doge_base")
+    assert materialized["world_size"] == 2
+
+    messages = latest_run_logs(home, "doge_base")
+    progress = collections.Counter(int(m[1]) for line in messages if (m := re.match(rf"step (\d+)/{steps} \| loss ", line)))
+    assert progress == {step: 1 for step in range(1, steps + 1)}, (
+        f"each step's progress line must appear exactly once (rank 0 only); counts: {dict(progress)}"
+    )
+    assert sum("world size 2" in line for line in messages) == 1, [line for line in messages if "world size" in line]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_pretraining_under_deepspeed_zero2_on_cpu(data_root, tmp_path, torch_extensions_dir):
+    steps = 6
+    edits = {**short_schedule(steps, 2), "stages.pretrain.launch.accelerate_config": "cpu_zero2"}
+    root = fresh_root(data_root, tmp_path)
+    home = tmp_path / "home"
+    env = dagster_env(home, root, write_tiny_recipe(tmp_path / "recipes", edits), TORCH_EXTENSIONS_DIR=str(torch_extensions_dir))
+    completed = run_cli_materialize("doge_base", env, timeout=800, log_path=tmp_path / "zero2.log")
+    assert_success(completed, "doge_base under cpu_zero2")
+    [version] = published_versions(root, "doge_base")
+    metadata = read_manifest(root, "doge_base", version)["metadata"]
+    assert metadata["global_step"] == steps
+    assert all(passed for passed, _ in metadata["checks"].values()), metadata["checks"]
+    messages = latest_run_logs(home, "doge_base")
+    assert any(line.startswith(f"step {steps}/{steps}") for line in messages), messages
+
+
+# -- d. the published chain -------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_every_chain_model_loads_generates_and_documents_its_lineage(tiny_chain):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    root, versions = tiny_chain["root"], tiny_chain["versions"]
+    for asset in MODEL_ASSETS:
+        folder = root / asset / PARTITION / versions[asset]
+        manifest = read_manifest(root, asset, versions[asset])
+        failed = {name: detail for name, (passed, detail) in manifest["metadata"]["checks"].items() if not passed}
+        assert not failed, f"{asset}: failed checks {failed}"
+        config = json.loads((folder / "config.json").read_text())
+        assert "auto_map" not in config, f"{asset} would need remote code: {config.get('auto_map')}"
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        model = AutoModelForCausalLM.from_pretrained(str(folder))
+        assert type(model).__name__ == "DogeForCausalLM"
+        assert model.config.vocab_size >= len(tokenizer)
+        prompt = tokenizer("The number", return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            output = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+        assert output.shape[1] > prompt["input_ids"].shape[1], f"{asset} generated nothing"
+
+        assert (folder / "generation_config.json").is_file(), f"{asset}: no generation_config.json"
+        generation = GenerationConfig.from_pretrained(str(folder))
+        assert tokenizer.eos_token_id in generation.eos_token_id
+        card = (folder / "README.md").read_text()
+        assert manifest["upstream"], asset
+        for upstream, upstream_version in manifest["upstream"].items():
+            assert f"`{upstream}`: `{upstream_version}`" in card, f"{asset} model card does not name {upstream} {upstream_version}"
+        assert versions[asset] in card
+
+        if asset in CHAT_MODELS:
+            assert tokenizer.chat_template, f"{asset}: tokenizer has no chat template"
+            inputs = tokenizer.apply_chat_template(
+                [{"role": "user", "content": "What is 3 + 4?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
+            with torch.no_grad():
+                output = model.generate(**inputs, max_new_tokens=24, do_sample=False)
+            reply = tokenizer.decode(output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            assert reply.strip(), f"{asset} gave an empty chat reply"
+            assert generation.eos_token_id[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_rematerializing_the_chain_is_a_cached_skip(tiny_chain):
+    before = {asset: latest_materialization(tiny_chain["home"], asset) for asset in MODEL_ASSETS}
+    assert all(metadata["cached"] is False for _, metadata in before.values()), "the first materialization trained"
+    mtimes = {asset: sorted(p.stat().st_mtime_ns for p in (tiny_chain["root"] / asset).rglob("*") if p.is_file()) for asset in MODEL_ASSETS}
+
+    completed = run_cli_materialize(",".join(MODEL_ASSETS), tiny_chain["env"], timeout=600)
+    assert_success(completed, "re-materializing the tiny chain")
+    assert "launching: " not in completed.stdout, "a cached model was trained again"
+    for asset in MODEL_ASSETS:
+        run_id, metadata = latest_materialization(tiny_chain["home"], asset)
+        assert run_id != before[asset][0], f"{asset} was not materialized again"
+        assert metadata["cached"] is True, f"{asset}: second materialization was not a cached skip"
+        assert metadata["version"] == tiny_chain["versions"][asset]
+        assert published_versions(tiny_chain["root"], asset) == [tiny_chain["versions"][asset]]
+        files = sorted(p.stat().st_mtime_ns for p in (tiny_chain["root"] / asset).rglob("*") if p.is_file())
+        assert files == mtimes[asset], f"{asset}: files were rewritten by a cached materialization"
+
+
+# -- a (continued). GRPO batch check needs the chain's distilled model upstream -------------------------------
+@pytest.mark.slow
+def test_grpo_batch_not_divisible_fails_before_launch(tiny_chain, tmp_path):
+    edits = {**CHAIN_EDITS, "stages.grpo.training.num_generations": 3}
+    root = tiny_chain["root"]
+    version = planned_version("doge_reason", edits)
+    assert version != tiny_chain["versions"]["doge_reason"]
+    recipes = write_tiny_recipe(tmp_path / "recipes", edits)
+    result = dg_materialize("doge_reason", dagster_env(tmp_path / "home", root, recipes))
+    assert not result["success"]
+    [failure] = result["failures"]
+    text = failure["description"]
+    assert "stages.grpo" in text and "num_generations (3)" in text and "per_device_train_batch_size (8)" in text, text
+    assert "not divisible" in text, text
+    assert result["launches"] == 0, "GRPO was launched with an indivisible generation batch"
+    assert not (root / "doge_reason" / PARTITION / version).exists(), "nothing may be published for the bad recipe"
+    assert not (root / "doge_reason" / PARTITION / ".work" / version).exists(), "no launch spec may be written"

@@ -1,0 +1,157 @@
+"""A recipe edit makes exactly the affected stage and its downstream unsynced, and a re-run recomputes only those.
+
+On the session's tiny chain: one field of the tiny SFT section changes (an edited copy of the recipes under
+DOGE_RECIPES_DIR; recipes are read when the code location is imported, hence subprocesses). Then
+(a) Dagster's stale status, through the instance + asset graph API and through the GraphQL API the UI
+    uses (`assetNodes { staleStatus staleCauses }` of a `dagster dev` started on the edited recipe), is
+    STALE for exactly doge_instruct_sft and everything downstream, FRESH for the rest;
+(b) `dagster job execute -j full_pipeline --tags '{"dagster/partition": "tiny"}'` recomputes only those
+    (every other asset reports `cached=True`), after which everything is FRESH again.
+The run goes into a copy of the session's DAGSTER_HOME, so other tests keep seeing the unedited history.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import textwrap
+import time
+
+import pytest
+
+from dagster_dev import ARTIFACTS_DIR, DAGSTER, code_location_assets, latest_materializations, run_command, start_dagster_dev
+from helpers import PROJECT_ROOT, planned_version, published_versions, tail, tiny_raw
+import yaml
+
+EDIT = {"stages.sft.training.learning_rate": 1.5e-3}  # tiny.yaml has 2.0e-3
+EDITED_ASSET = "doge_instruct_sft"
+
+STALE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import dagster as dg
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver
+    from dagster._core.loader import LoadingContextForTest
+    from doge_dagster.definitions import defs
+
+    instance = dg.DagsterInstance.get()
+    graph = defs.get_repository_def().asset_graph
+    resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
+    out = {}
+    for key in sorted(graph.materializable_asset_keys, key=lambda key: key.to_user_string()):
+        out[key.to_user_string()] = {
+            "status": resolver.get_status(key, sys.argv[1]).value,
+            "causes": [
+                {"key": cause.key.to_user_string(), "category": cause.category.value, "reason": cause.reason}
+                for cause in resolver.get_stale_causes(key, sys.argv[1])
+            ],
+        }
+    print("RESULT-JSON " + json.dumps(out))
+    """
+)
+
+
+def stale_status(env) -> dict[str, dict]:
+    """asset -> {status, causes} for tiny, from the instance and the asset graph of env's code location."""
+    result = run_command([sys.executable, "-c", STALE_SCRIPT, "tiny"], env, 300)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT-JSON ")]
+    assert result.returncode == 0 and lines, f"stale status failed (rc {result.returncode}):\n{tail(result.stdout)}"
+    return json.loads(lines[-1].removeprefix("RESULT-JSON "))
+
+
+def descendants(asset: str) -> set[str]:
+    """`asset` and everything downstream of it in the code location."""
+    parents = code_location_assets()["parents"]
+    found = {asset}
+    changed = True
+    while changed:
+        changed = False
+        for child, its_parents in parents.items():
+            if child not in found and found & set(its_parents):
+                found.add(child)
+                changed = True
+    return found
+
+
+def stale_assets(statuses: dict[str, dict]) -> set[str]:
+    return {asset for asset, info in statuses.items() if info["status"] != "FRESH"}
+
+
+@pytest.fixture(scope="module")
+def edited(tiny_chain, tmp_path_factory):
+    """The edited recipes folder (every recipe copied, tiny's SFT learning rate changed) and a copy of the chain's home."""
+    base = tmp_path_factory.mktemp("unsynced")
+    recipes = base / "recipes"
+    recipes.mkdir()
+    for path in (PROJECT_ROOT / "recipes").glob("*.yaml"):  # every partition: code versions hash all of them
+        shutil.copy(path, recipes / path.name)
+    raw = tiny_raw(EDIT)
+    assert raw["stages"]["sft"]["training"]["learning_rate"] != tiny_raw()["stages"]["sft"]["training"]["learning_rate"]
+    (recipes / "tiny.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    home = base / "dagster_home"
+    shutil.copytree(tiny_chain.dagster_home, home)
+    return {"recipes": recipes, "home": home, "env": tiny_chain.env(recipes_dir=recipes, dagster_home=home)}
+
+
+@pytest.mark.slow
+def test_the_materialized_chain_is_fresh_before_the_edit(tiny_chain):
+    statuses = stale_status(tiny_chain.env())
+    assert not stale_assets(statuses), {asset: info for asset, info in statuses.items() if info["status"] != "FRESH"}
+
+
+@pytest.mark.slow
+def test_editing_the_sft_section_makes_exactly_sft_and_its_downstream_stale(edited):
+    expected = descendants(EDITED_ASSET)
+    assert {"doge_instruct_sft", "doge_instruct", "doge_reason_distill", "doge_reason"} <= expected
+    statuses = stale_status(edited["env"])
+    assert stale_assets(statuses) == expected, json.dumps(statuses, indent=1)
+    assert statuses[EDITED_ASSET]["status"] == "STALE"
+    assert any(cause["category"] == "CODE" and cause["key"] == EDITED_ASSET for cause in statuses[EDITED_ASSET]["causes"]), statuses[EDITED_ASSET]
+    for asset in expected - {EDITED_ASSET}:  # stale because of an upstream, not their own code
+        assert statuses[asset]["status"] == "STALE"
+        assert all(cause["category"] != "CODE" or cause["key"] != asset for cause in statuses[asset]["causes"]), statuses[asset]
+
+
+@pytest.mark.slow
+def test_the_ui_graphql_api_shows_the_same_unsynced_assets(edited, tiny_chain, tmp_path):
+    expected = descendants(EDITED_ASSET)
+    work = tmp_path / "dev"
+    home = tmp_path / "home"  # the server writes to its home (daemon heartbeats): a copy of the copy
+    shutil.copytree(edited["home"], home)
+    with start_dagster_dev(work, artifact_root=tiny_chain.artifact_root, dagster_home=home, recipes_dir=edited["recipes"]) as server:
+        nodes = server.stale_status("tiny")
+    materializable = {asset: info for asset, info in nodes.items() if info["materializable"]}
+    stale = {asset for asset, info in materializable.items() if info["status"] != "FRESH"}
+    assert stale == expected, json.dumps(materializable, indent=1)
+    assert any(cause["category"] == "CODE" for cause in materializable[EDITED_ASSET]["causes"])
+
+
+@pytest.mark.slow
+def test_rerunning_full_pipeline_recomputes_only_the_unsynced_stages(edited, tiny_chain):
+    env = edited["env"]
+    expected = descendants(EDITED_ASSET)
+    assets = [key for key in code_location_assets()["materializable"] if not key.startswith("source_")]
+    started = time.monotonic()
+    result = run_command(
+        [DAGSTER, "job", "execute", "-m", "doge_dagster.definitions", "-j", "full_pipeline", "--tags", '{"dagster/partition": "tiny"}'],
+        env, 1500, log_path=ARTIFACTS_DIR / "unsynced-full-pipeline.log",
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, f"full_pipeline failed (rc {result.returncode}):\n{tail(result.stdout, 80)}"
+    latest = latest_materializations(env, assets)
+    assert set(latest) == set(assets)
+    assert len({entry["run_id"] for entry in latest.values()}) == 1, "one run materialized every asset"
+    recomputed = {asset for asset, entry in latest.items() if entry["cached"] is False}
+    cached = {asset for asset, entry in latest.items() if entry["cached"] is True}
+    assert recomputed == expected, f"recomputed {sorted(recomputed)}, expected {sorted(expected)}"
+    assert cached == set(assets) - expected
+    # The new versions are what the edited recipe plans; the old ones stay published beside them.
+    for asset in ("doge_instruct_sft", "doge_reason"):
+        assert latest[asset]["version"] == planned_version(asset, EDIT) != planned_version(asset)
+        assert {planned_version(asset), planned_version(asset, EDIT)} <= set(published_versions(tiny_chain.artifact_root, asset))
+    assert latest["doge_base"]["version"] == planned_version("doge_base")
+    # ... and now nothing is stale any more.
+    statuses = stale_status(env)
+    assert not stale_assets(statuses), {asset: info for asset, info in statuses.items() if info["status"] != "FRESH"}
+    print(f"full_pipeline after the SFT edit: {seconds:.0f}s, recomputed {sorted(recomputed)}")
