@@ -1,7 +1,9 @@
 """The code location: every asset, check, job and resource of doge-dagster.
 
 The only module of the core package that imports Dagster; heavy ML libraries load inside asset bodies.
-Environment: DOGE_ARTIFACT_ROOT sets the artifact store root (default `.doge` in the project).
+Environment: DOGE_ARTIFACT_ROOT sets the artifact store root (default `.doge` in the project); for an
+S3 root, DOGE_S3_ENDPOINT_URL and DOGE_S3_REGION set the endpoint, and DOGE_S3_ACCESS_KEY_ID /
+DOGE_S3_SECRET_ACCESS_KEY the credentials (read at run time through `dg.EnvVar`, never stored).
 """
 
 import os
@@ -14,13 +16,28 @@ from assets.training import TRAINING_ASSET_DEFS
 from jobs import JOBS, SCHEDULES, SENSORS
 from resources import ArtifactStoreResource, ComputeResource
 
+def artifact_store_from_env() -> ArtifactStoreResource:
+    """The artifact store configured by the DOGE_* environment variables."""
+    secrets = {
+        field: dg.EnvVar(name)
+        for field, name in (("access_key_id", "DOGE_S3_ACCESS_KEY_ID"), ("secret_access_key", "DOGE_S3_SECRET_ACCESS_KEY"))
+        if name in os.environ
+    }
+    return ArtifactStoreResource(
+        root=os.environ.get("DOGE_ARTIFACT_ROOT", ".doge"),
+        endpoint_url=os.environ.get("DOGE_S3_ENDPOINT_URL"),
+        region=os.environ.get("DOGE_S3_REGION"),
+        **secrets,
+    )
+
+
 defs = dg.Definitions(
     assets=[*DATA_ASSETS, *TRAINING_ASSET_DEFS, *EVALUATION_ASSET_DEFS],
     jobs=JOBS,
     schedules=SCHEDULES,
     sensors=SENSORS,
     resources={
-        "artifact_store": ArtifactStoreResource(root=os.environ.get("DOGE_ARTIFACT_ROOT", ".doge")),
+        "artifact_store": artifact_store_from_env(),
         "compute": ComputeResource(),
     },
 )

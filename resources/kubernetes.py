@@ -55,7 +55,9 @@ SCRATCH_VOLUME = "scratch"
 GPU_RESOURCE = "nvidia.com/gpu"
 RANK_ENV = "DOGE_MACHINE_RANK"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|API_KEY|PRIVATE_KEY|SESSION_KEY", re.IGNORECASE)
+SECRET_NAME = re.compile(
+    r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|API_KEY|PRIVATE_KEY|SESSION_KEY", re.IGNORECASE
+)
 LABEL_VALUE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -96,7 +98,9 @@ def env_entries(settings: KubernetesSettings, env: Mapping[str, str], stage: str
         raise LaunchError(
             f"stage {stage}: {', '.join(sorted(missing))} would reach the pod only as a literal value, which is never "
             "written into a pod spec; create a Kubernetes Secret and reference it with compute.kubernetes.secret_env "
-            "(e.g. {" + f"{missing[0]!r}: " + "{'name': 'doge-s3', 'key': '...'}}) or compute.kubernetes.env_from_secrets"
+            "(e.g. {"
+            + f"{missing[0]!r}: "
+            + "{'name': 'doge-s3', 'key': '...'}}) or compute.kubernetes.env_from_secrets"
         )
     for name, ref in settings.secret_env.items():
         entries.append({"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
@@ -138,6 +142,7 @@ def container_command(
     command = accelerate_command(
         spec.stage, SPEC_ENV_PREFIX + SPEC_ENV_VAR, launch, machine_rank=machine_rank,
         main_process_ip=main_process_ip, main_process_port=settings.main_process_port, python=settings.python,
+        module=spec.module,
     )  # fmt: skip
     index = command.index("--config_file") + 1
     config = Path(command[index])
@@ -151,6 +156,7 @@ def container_command(
 
 def labels(spec: StageSpec) -> dict[str, str]:
     """Pod labels naming the artifact (values cleaned to the label syntax)."""
+
     def clean(value: str) -> str:
         return LABEL_VALUE.sub("-", value)[:63].strip("-_.") or "none"
 
@@ -189,7 +195,11 @@ def pod_spec(
         shm["sizeLimit"] = settings.shm_size
     if settings.scratch_volume_claim:
         scratch_volume = {"name": SCRATCH_VOLUME, "persistentVolumeClaim": {"claimName": settings.scratch_volume_claim}}
-        scratch_mount = {"name": SCRATCH_VOLUME, "mountPath": spec.work_dir, "subPath": f"{spec.asset}/{spec.partition}/{spec.version}"}
+        scratch_mount = {
+            "name": SCRATCH_VOLUME,
+            "mountPath": spec.work_dir,
+            "subPath": f"{spec.asset}/{spec.partition}/{spec.version}",
+        }
     else:
         scratch_volume = {"name": SCRATCH_VOLUME, "emptyDir": {}}
         scratch_mount = {"name": SCRATCH_VOLUME, "mountPath": spec.work_dir}
@@ -236,7 +246,9 @@ def pipes_client(settings: KubernetesSettings):
     from dagster_k8s import PipesK8sClient
 
     return PipesK8sClient(
-        kubeconfig_file=settings.kubeconfig_file, kube_context=settings.kube_context, poll_interval=settings.poll_interval_s
+        kubeconfig_file=settings.kubeconfig_file,
+        kube_context=settings.kube_context,
+        poll_interval=settings.poll_interval_s,
     )
 
 
@@ -292,10 +304,15 @@ def indexed_job_manifests(
 
     `pipes_env` (the Pipes bootstrap variables) goes into every pod; only global rank 0 opens Pipes.
     """
-    body = pod_spec(settings, spec, launch, env, machine_rank=f"$({RANK_ENV})", main_process_ip=f"{job_name}-0.{job_name}")
+    body = pod_spec(
+        settings, spec, launch, env, machine_rank=f"$({RANK_ENV})", main_process_ip=f"{job_name}-0.{job_name}"
+    )
     container = body["containers"][0]
     container["env"] = [
-        {"name": RANK_ENV, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}},
+        {
+            "name": RANK_ENV,
+            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}},
+        },
         *({"name": name, "value": value} for name, value in (pipes_env or {}).items()),
         *container["env"],
     ]
@@ -359,9 +376,13 @@ def run_indexed_job(
     namespace = settings.namespace
     job_name = job_name_for(context.run_id, spec)
     reader = PipesK8sPodLogsMessageReader()
-    with dg.open_pipes_session(context=context, context_injector=dg.PipesEnvContextInjector(), message_reader=reader) as session:
+    with dg.open_pipes_session(
+        context=context, context_injector=dg.PipesEnvContextInjector(), message_reader=reader
+    ) as session:
         try:
-            service, job = indexed_job_manifests(settings, spec, launch, env, job_name, session.get_bootstrap_env_vars())
+            service, job = indexed_job_manifests(
+                settings, spec, launch, env, job_name, session.get_bootstrap_env_vars()
+            )
         except LaunchError as error:
             raise dg.Failure(description=str(error)) from None
         context.log.info(
@@ -403,7 +424,11 @@ def _wait_for_job(batch, namespace: str, job_name: str, completions: int, deadli
         if conditions.get("Complete") == "True" or (status.succeeded or 0) >= completions:
             return
         if conditions.get("Failed") == "True" or status.failed:
-            raise dg.Failure(description=f"kubernetes: Job {namespace}/{job_name} failed ({status.failed} pod(s) failed)")
+            raise dg.Failure(
+                description=f"kubernetes: Job {namespace}/{job_name} failed ({status.failed} pod(s) failed)"
+            )
         if time.monotonic() > deadline:
-            raise dg.Failure(description=f"kubernetes: Job {namespace}/{job_name} still running after pod_wait_timeout_s")
+            raise dg.Failure(
+                description=f"kubernetes: Job {namespace}/{job_name} still running after pod_wait_timeout_s"
+            )
         time.sleep(poll_s)

@@ -1,13 +1,13 @@
 """The Slurm backend: one sbatch script per stage, Dagster Pipes through files on the shared filesystem.
 
-Our own small client (dagster-slurm is alpha and SSH-bound): render the script from the stage's
-`LaunchRecipe`, submit it with `sbatch --parsable --export=ALL`, poll `scontrol show job -o`, stream the
-job's log into the run, and `scancel` the job when the step is interrupted. Every value entering the
-script is quoted with `shlex.quote` (`setup` lines are shell code by design).
+Our own small client (dagster-slurm is alpha and SSH-bound): render the script from the stage's `LaunchRecipe`,
+submit it with `sbatch --parsable --export=ALL`, poll `scontrol show job -o`, stream the job's log into the run,
+`scancel` the job when the step is interrupted. Values entering the script are quoted with `shlex.quote`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -26,7 +26,6 @@ from doge_dagster.training.spec import StageSpec
 RUNNING = set("PENDING CONFIGURING RUNNING COMPLETING SUSPENDED REQUEUED REQUEUE_HOLD RESIZING STAGE_OUT".split())  # noqa: SIM905
 NODE_RANK, MASTER = "__DOGE_SLURM_NODEID__", "__DOGE_SLURM_MASTER__"  # replaced by shell variables in srun
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-TAIL_LINES = 40
 MAX_POLL_ERRORS = 30
 
 
@@ -57,9 +56,9 @@ def _one_line(value: object, what: str) -> str:
 
 def render_script(
     launch: LaunchRecipe, spec_path: str, stage: str, job_name: str, log_path: str,
-    env: dict[str, str], settings,
+    env: dict[str, str], settings, module: str = "doge_dagster.training",
 ) -> str:  # fmt: skip
-    """The sbatch script of one stage: `#SBATCH` directives, `setup` lines, env exports, the launch.
+    """The sbatch script of one stage: `#SBATCH` directives, `setup` lines, `env` exports, the launch.
 
     Multi-node launches run one `accelerate launch` per node through `srun`, each with its node's
     `$SLURM_NODEID` as machine rank and the job's first host as main process address.
@@ -86,11 +85,11 @@ def render_script(
             raise dg.Failure(description=f"Slurm: environment variable name {name!r} is not a shell identifier")
         lines.append(f"export {name}={quote(_one_line(value, f'env {name}'))}")
     if launch.nodes == 1:
-        lines.append(shlex.join(accelerate_command(stage, spec_path, launch, python=settings.python)))
+        lines.append(shlex.join(accelerate_command(stage, spec_path, launch, python=settings.python, module=module)))
     else:
         argv = accelerate_command(
             stage, spec_path, launch, machine_rank=NODE_RANK, main_process_ip=MASTER,
-            main_process_port=settings.main_process_port, python=settings.python,
+            main_process_port=settings.main_process_port, python=settings.python, module=module,
         )  # fmt: skip
         inner = " ".join({NODE_RANK: '"$SLURM_NODEID"', MASTER: '"$MASTER"'}.get(arg, quote(arg)) for arg in argv)
         lines += [
@@ -101,13 +100,15 @@ def render_script(
     return "\n".join(lines) + "\n"
 
 
-def _slurm(*command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
+def _slurm(*command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        command, check=False, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+    )
 
 
-def submit(script_path: Path) -> str:
-    """`sbatch --parsable --export=ALL SCRIPT`; the job id."""
-    result = _slurm("sbatch", "--parsable", "--export=ALL", str(script_path))
+def submit(script_path: Path, env: dict[str, str] | None = None) -> str:
+    """`sbatch --parsable --export=ALL SCRIPT` with `env` added to this process's environment; the job id."""
+    result = _slurm("sbatch", "--parsable", "--export=ALL", str(script_path), env=env)
     if result.returncode:
         raise SlurmError(f"sbatch {script_path} failed ({result.returncode}): {result.stderr.strip()}")
     return result.stdout.strip().split(";")[0]
@@ -168,7 +169,7 @@ class LogTail:
         return [line.decode(errors="replace").rstrip("\r") for line in lines]
 
 
-def log_tail(path: Path, count: int = TAIL_LINES) -> str:
+def log_tail(path: Path, count: int = 40) -> str:
     """The last `count` lines of the job's log."""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-count:])
@@ -189,8 +190,8 @@ def wait_for_job(context, job_id: str, log_path: Path, poll_interval_s: float) -
             context.log.warning(f"Slurm job {job_id}: polling failed ({errors}/{MAX_POLL_ERRORS}): {error}")
             job = last or SlurmJob(job_id, "PENDING")
         if job is None:
-            gone = "the job left scontrol (MinJobAge) and no jobcomp/filetxt record names it"
-            job = jobcomp_status(job_id) or SlurmJob(job_id, "UNKNOWN", "?", gone)
+            gone = SlurmJob(job_id, "UNKNOWN", "?", "job left scontrol (MinJobAge), no jobcomp/filetxt record names it")
+            job = jobcomp_status(job_id) or gone
         done = job.state not in RUNNING
         for line in tail.read(final=done):
             context.log.info(f"[slurm {job_id}] {line}")
@@ -208,24 +209,26 @@ def run_on_slurm(
     """Run one stage as a Slurm batch job through Dagster Pipes and wait for it.
 
     Scripts, the job log and the Pipes files live in a fresh folder under `settings.shared_dir`, which
-    the Dagster host and the nodes must share. COMPLETED returns the Pipes invocation; any other end
-    state raises `dg.Failure` with the job id, state, exit code and log tail; an interrupted or failing
-    wait cancels the job before re-raising.
+    the Dagster host and the nodes must share. `env` (it may hold credentials) reaches the job through
+    sbatch's environment only; the script exports the recipe's `launch.env` and the Pipes variables.
+    COMPLETED returns the Pipes invocation; any other end state raises `dg.Failure` with the job id,
+    state, exit code and log tail; an interrupted or failing wait cancels the job before re-raising.
     """
     job_name = re.sub(r"[^A-Za-z0-9._-]", "_", f"doge-{spec.stage}-{spec.partition}")
     job_dir = Path(settings.shared_dir) / f"{job_name}-{spec.version}-{uuid.uuid4().hex[:8]}"
-    job_dir.mkdir(parents=True, mode=0o700)  # the script holds the run's environment
+    job_dir.mkdir(parents=True, mode=0o700)
     log_path, script_path = job_dir / "job.log", job_dir / "job.sbatch"
     with dg.open_pipes_session(
         context=context,
         context_injector=dg.PipesFileContextInjector(str(job_dir / "pipes-context.json")),
         message_reader=dg.PipesFileMessageReader(str(job_dir / "pipes-messages.jsonl")),
     ) as session:
-        script = render_script(launch, str(spec_path), spec.stage, job_name, str(log_path),
-                               {**env, **session.get_bootstrap_env_vars()}, settings)  # fmt: skip
-        script_path.write_text(script)
+        exports = {**launch.env, **session.get_bootstrap_env_vars()}
+        script_path.write_text(
+            render_script(launch, str(spec_path), spec.stage, job_name, str(log_path), exports, settings, spec.module)
+        )
         try:
-            job_id = submit(script_path)
+            job_id = submit(script_path, env)
         except SlurmError as error:
             raise dg.Failure(description=str(error), metadata={"script": str(script_path)}) from None
         context.log.info(f"submitted Slurm job {job_id} ({job_name}): script {script_path}, log {log_path}")
@@ -239,9 +242,8 @@ def run_on_slurm(
             raise dg.Failure(
                 description=(
                     f"Slurm job {job_id} ({job_name}) ended {job.describe()}, exit code {job.exit_code}; "
-                    f"last {TAIL_LINES} lines of {log_path}:\n{log_tail(log_path)}"
+                    f"last 40 lines of {log_path}:\n{log_tail(log_path)}"
                 ),
                 metadata={"job_id": job_id, "state": job.state, "exit_code": job.exit_code, "log": str(log_path)},
             )
-        context.log.info(f"Slurm job {job_id} COMPLETED")
     return dg.PipesClientCompletedInvocation(session)

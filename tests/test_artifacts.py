@@ -76,6 +76,34 @@ def test_publish_moves_files_and_writes_the_manifest_last(store, tmp_path):
     assert store.local_path(manifest) == final
 
 
+def test_files_are_in_place_before_the_manifest_is_written(store, monkeypatch):
+    seen = {}
+    write_manifest = store._write_manifest
+
+    def spy(final, manifest):
+        seen.update(read_tree(Path(final)))
+        write_manifest(final, manifest)
+
+    monkeypatch.setattr(store, "_write_manifest", spy)
+    publish(store, "v1")
+    assert seen == FILES  # every file, and no manifest yet
+
+
+def test_a_crash_before_the_manifest_leaves_no_output_and_a_rerun_completes(store, monkeypatch):
+    def crash(final, manifest):
+        raise KeyboardInterrupt  # the process dies between the files and the manifest
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "_write_manifest", crash)
+        with pytest.raises(KeyboardInterrupt):
+            publish(store, "v1", files={"stale.bin": b"old", **FILES})
+    assert (Path(store.root) / "thing" / "tiny" / "v1" / "stale.bin").is_file()
+    assert store.read_manifest("thing", "tiny", "v1") is None and store.latest("thing", "tiny") is None
+    manifest = publish(store, "v1")
+    assert store.read_manifest("thing", "tiny", "v1") == manifest
+    assert not (Path(store.root) / "thing" / "tiny" / "v1" / "stale.bin").exists()
+
+
 def test_manifest_sizes_and_hashes_match_the_published_bytes(store):
     manifest = publish(store, "v1")
     folder = store.local_path(manifest)
@@ -225,6 +253,20 @@ def test_s3_publish_read_and_download(s3_store, s3_endpoint, request, tmp_path):
     assert s3_store.local_path(manifest) == local  # second call: the verified cache copy
     # staging for a remote store is local and is cleaned up after the upload
     assert not any(path.is_file() for path in (tmp_path / "cache" / ".staging").rglob("*"))
+
+
+def test_s3_files_are_uploaded_before_the_manifest(s3_store, s3_endpoint, request, monkeypatch):
+    _, client = s3_endpoint
+    seen = {}
+    write_manifest = s3_store._write_manifest
+
+    def spy(final, manifest):
+        seen.update(_remote_keys(client, f"{request.node.name}/thing/tiny/v1/"))
+        write_manifest(final, manifest)
+
+    monkeypatch.setattr(s3_store, "_write_manifest", spy)
+    publish(s3_store, "v1")
+    assert seen == FILES
 
 
 def test_s3_download_is_verified_against_the_manifest(s3_store, s3_endpoint, request, tmp_path):

@@ -87,7 +87,10 @@ def local_source_recipes(tmp_path, monkeypatch):
 
 
 def evaluate(cursor: str | None):
-    context = dg.build_sensor_context(cursor=cursor)
+    from doge_dagster.definitions import defs
+
+    # Partitioned run requests are resolved against the repository (partition keys, target job).
+    context = dg.build_sensor_context(cursor=cursor, repository_def=defs.get_repository_def())
     return automation.source_data_sensor.evaluate_tick(context)
 
 
@@ -125,7 +128,7 @@ def test_source_sensor_only_ever_targets_the_data_job():
     sensor = automation.source_data_sensor
     assert sensor.job_name == "data"
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
-    data_job = defs.get_job_def("data")
+    data_job = defs.resolve_job_def("data")
     keys = {key.to_user_string() for key in data_job.asset_layer.executable_asset_keys}
     assert keys and not keys & set(TRAINING_ASSETS.values()), keys
     assert all(not name.startswith("doge_") for name in keys), keys

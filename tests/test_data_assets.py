@@ -84,8 +84,11 @@ def test_tiny_data_chain_materializes_and_every_check_passes(tiny_run):
     assert sorted(metadata) == sorted(DATA_ASSETS)
     assert all(entry["cached"] is False for entry in metadata.values())
     evaluations = result.get_asset_check_evaluations()
-    expected_checks = 2 + 5 * 3 + 1  # tokenizer 2, mixtures 3 each, pretrain also token ids
-    assert len(evaluations) == expected_checks
+    evaluated = {(e.asset_key.to_user_string(), e.check_name) for e in evaluations}
+    declared = {(key.asset_key.to_user_string(), key.name) for asset in (tokenizer_asset, *MIXTURE_ASSETS) for key in asset.check_keys}
+    assert evaluated == declared and len(evaluations) == len(declared)
+    assert {("pretrain_mixture", "ratios_within_tolerance"), ("pretrain_mixture", "token_ids_below_vocab"),
+            ("tokenizer", "think_tokens_not_special"), ("sft_mixture", "schema")} <= evaluated
     failed = [(e.asset_key.to_user_string(), e.check_name, e.metadata) for e in evaluations if not e.passed]
     assert failed == []
 
@@ -211,7 +214,7 @@ def test_cli_materializes_the_tiny_data_chain_and_rerun_is_cached(tmp_path):
         assert f"{asset}[tiny] version" in output and "reporting it cached" in output
     assert output.count("complete artifact found, reporting it cached") >= len(DATA_ASSETS)
     assert {path: path.read_text() for path in manifests_under(artifacts)} == manifests
-    with dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(env["DAGSTER_HOME"])) as instance:
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         for asset in DATA_ASSETS:
             event = instance.get_latest_materialization_event(dg.AssetKey(asset))
             assert event.asset_materialization.metadata["cached"].value is True

@@ -15,19 +15,20 @@ import textwrap
 import threading
 from pathlib import Path
 from types import SimpleNamespace
+from typing import ClassVar
 
 import dagster as dg
 import pytest
 
 pytest.importorskip("dagster_k8s")
-import kubernetes  # noqa: E402
-from dagster_k8s.pipes import build_pod_body  # noqa: E402
+import kubernetes
+from dagster_k8s.pipes import build_pod_body
 
-from doge_dagster.recipes import PROJECT_ROOT, LaunchRecipe  # noqa: E402
-from doge_dagster.training.launch import LaunchError  # noqa: E402
-from doge_dagster.training.spec import SPEC_ENV_VAR, StageSpec  # noqa: E402
-from resources import kubernetes as k8s  # noqa: E402
-from resources.compute import ComputeResource, KubernetesSettings, SecretKeyRef, Toleration  # noqa: E402
+from doge_dagster.recipes import PROJECT_ROOT, LaunchRecipe
+from doge_dagster.training.launch import LaunchError
+from doge_dagster.training.spec import SPEC_ENV_VAR, StageSpec
+from resources import kubernetes as k8s
+from resources.compute import ComputeResource, KubernetesSettings, SecretKeyRef, Toleration
 
 ACCESS_KEY = "AKIAK8STESTLITERAL0042"
 SECRET_KEY = "k8s-literal-secret-value-3b1f9d"
@@ -44,7 +45,9 @@ SECRET_ENV = {
 }
 
 
-def make_spec(work_dir: str = "/scratch/doge_base/tiny/v1", store_root: str = "s3://doge/artifacts", stage: str = "pretrain") -> StageSpec:
+def make_spec(
+    work_dir: str = "/scratch/doge_base/tiny/v1", store_root: str = "s3://doge/artifacts", stage: str = "pretrain"
+) -> StageSpec:
     return StageSpec(
         stage=stage, partition="tiny", version="0123456789abcdef", upstream={"tokenizer": "aa", "pretrain_mixture": "bb"},
         recipe={"name": "tiny"}, store_root=store_root, work_dir=work_dir,
@@ -57,7 +60,15 @@ def settings(**overrides) -> KubernetesSettings:
 
 
 def gpu_launch(**overrides) -> LaunchRecipe:
-    values = {"accelerate_config": "ddp", "gpus_per_node": 8, "cpus_per_task": 32, "memory": "512G", "time_limit": "2-00:00:00", "node_selector": {"gpu": "h100"}, **overrides}
+    values = {
+        "accelerate_config": "ddp",
+        "gpus_per_node": 8,
+        "cpus_per_task": 32,
+        "memory": "512G",
+        "time_limit": "2-00:00:00",
+        "node_selector": {"gpu": "h100"},
+        **overrides,
+    }
     return LaunchRecipe(**values)
 
 
@@ -114,7 +125,10 @@ def test_secrets_go_by_reference_and_no_literal_value_reaches_the_pod():
     env = {entry.name: entry for entry in pod.spec.containers[0].env}
     for name, ref in SECRET_ENV.items():
         assert env[name].value is None
-        assert (env[name].value_from.secret_key_ref.name, env[name].value_from.secret_key_ref.key) == (ref.name, ref.key)
+        assert (env[name].value_from.secret_key_ref.name, env[name].value_from.secret_key_ref.key) == (
+            ref.name,
+            ref.key,
+        )
     assert env["FSSPEC_S3_ENDPOINT_URL"].value == "http://minio.storage:9000"
     assert env["NCCL_DEBUG"].value == "WARN"
     text = everything(body) + everything(pod)
@@ -136,7 +150,10 @@ def test_a_secret_without_a_reference_fails_before_anything_is_created():
 
 
 def test_image_comes_from_the_recipe_then_the_settings_and_is_required():
-    assert k8s.pod_spec(settings(), make_spec(), gpu_launch(image="recipe/image:2"), HOST_ENV)["containers"][0]["image"] == "recipe/image:2"
+    assert (
+        k8s.pod_spec(settings(), make_spec(), gpu_launch(image="recipe/image:2"), HOST_ENV)["containers"][0]["image"]
+        == "recipe/image:2"
+    )
     with pytest.raises(LaunchError, match=r"stages\.pretrain\.launch\.image"):
         k8s.pod_spec(settings(image=None), make_spec(), gpu_launch(), HOST_ENV)
 
@@ -168,7 +185,9 @@ def test_placement_service_account_scratch_claim_setup_and_cpu_pods():
     assert (mount.mount_path, mount.sub_path) == (spec.work_dir, "doge_base/tiny/0123456789abcdef")
     command = pod.spec.containers[0].command
     assert command[:2] == ["/bin/sh", "-c"]
-    assert command[2].startswith("set -e\nnvidia-smi\nexport NCCL_IB_DISABLE=1\nexec /opt/venv/bin/python -m accelerate.commands.launch")
+    assert command[2].startswith(
+        "set -e\nnvidia-smi\nexport NCCL_IB_DISABLE=1\nexec /opt/venv/bin/python -m accelerate.commands.launch"
+    )
     assert "/srv/doge/recipes/accelerate/ddp.yaml" in command[2]
 
     cpu = api_model(pod_manifest(k8s.pod_spec(settings(), spec, LaunchRecipe(), {})), "V1Pod")
@@ -177,21 +196,30 @@ def test_placement_service_account_scratch_claim_setup_and_cpu_pods():
 
 
 @pytest.mark.parametrize(
-    ("limit", "seconds"), [("30", 1800), ("10:30", 630), ("24:00:00", 86400), ("2-12", 216000), ("1-00:30", 88200), ("3-01:02:03", 262_923)]
+    ("limit", "seconds"),
+    [("30", 1800), ("10:30", 630), ("24:00:00", 86400), ("2-12", 216000), ("1-00:30", 88200), ("3-01:02:03", 262_923)],
 )
 def test_slurm_time_limits_become_deadlines(limit, seconds):
     assert k8s.time_limit_seconds(limit) == seconds
 
 
 def test_memory_sizes():
-    assert [k8s.memory_quantity(value) for value in ("64G", "512M", "4096", "1T", "80Gi")] == ["64Gi", "512Mi", "4096Mi", "1Ti", "80Gi"]
+    assert [k8s.memory_quantity(value) for value in ("64G", "512M", "4096", "1T", "80Gi")] == [
+        "64Gi",
+        "512Mi",
+        "4096Mi",
+        "1Ti",
+        "80Gi",
+    ]
 
 
 # -- multi-node: indexed Job + headless Service ------------------------------------------------------------------
 def test_indexed_job_manifests_for_a_multi_node_stage():
     spec = make_spec()
     launch = gpu_launch(nodes=4, accelerate_config="fsdp")
-    service, job = k8s.indexed_job_manifests(settings(), spec, launch, HOST_ENV, "doge-pretrain-abc", {"DAGSTER_PIPES_CONTEXT": "ctx"})
+    service, job = k8s.indexed_job_manifests(
+        settings(), spec, launch, HOST_ENV, "doge-pretrain-abc", {"DAGSTER_PIPES_CONTEXT": "ctx"}
+    )
     service_model = api_model(service, "V1Service")
     job_model = api_model(job, "V1Job")
     assert service_model.spec.cluster_ip == "None" and service_model.spec.publish_not_ready_addresses
@@ -210,7 +238,10 @@ def test_indexed_job_manifests_for_a_multi_node_stage():
     assert command[command.index("--main_process_ip") + 1] == "doge-pretrain-abc-0.doge-pretrain-abc"
     assert command[command.index("--main_process_port") + 1] == "29500"
     env = {entry.name: entry for entry in container.env}
-    assert env["DOGE_MACHINE_RANK"].value_from.field_ref.field_path == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert (
+        env["DOGE_MACHINE_RANK"].value_from.field_ref.field_path
+        == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    )
     assert [entry.name for entry in container.env].index("DOGE_MACHINE_RANK") == 0
     assert env["DAGSTER_PIPES_CONTEXT"].value == "ctx"
     assert container.resources.limits["nvidia.com/gpu"] == "8"
@@ -234,7 +265,10 @@ POD_SCRIPT = textwrap.dedent(
 class FakeCluster:
     """Enough of the Kubernetes API for PipesK8sClient and the indexed-Job path; pods run POD_SCRIPT locally."""
 
-    SECRETS = {("doge-s3", "access_key_id"): "AKIA-FROM-K8S", ("doge-s3", "secret_access_key"): "from-the-k8s-secret"}
+    SECRETS: ClassVar[dict] = {
+        ("doge-s3", "access_key_id"): "AKIA-FROM-K8S",
+        ("doge-s3", "secret_access_key"): "from-the-k8s-secret",
+    }
 
     def __init__(self, interrupt: bool = False):
         self.interrupt = interrupt
@@ -256,10 +290,13 @@ class FakeCluster:
                 env[entry.name] = self.SECRETS[(ref.name, ref.key)]
             elif entry.value_from.field_ref is not None:
                 env[entry.name] = annotations[k8s.COMPLETION_INDEX_ANNOTATION]
-        completed = subprocess.run([sys.executable, "-c", POD_SCRIPT], cwd=PROJECT_ROOT, env=env, capture_output=True, timeout=120)
+        completed = subprocess.run(
+            [sys.executable, "-c", POD_SCRIPT], check=False, cwd=PROJECT_ROOT, env=env, capture_output=True, timeout=120
+        )
         assert completed.returncode == 0, completed.stderr.decode()
         self.logs[name] = [
-            f"2026-01-01T00:00:{index:02d}.000001Z ".encode() + line + b"\n" for index, line in enumerate(completed.stderr.splitlines())
+            f"2026-01-01T00:00:{index:02d}.000001Z ".encode() + line + b"\n"
+            for index, line in enumerate(completed.stderr.splitlines())
         ]
 
     # CoreV1Api
@@ -283,7 +320,11 @@ class FakeCluster:
         job = next(obj for obj in self.created if isinstance(obj, kubernetes.client.V1Job))
         assert label_selector == f"job-name={job.metadata.name}"
         pods = [
-            SimpleNamespace(metadata=SimpleNamespace(name=f"{job.metadata.name}-{index}-x", annotations={k8s.COMPLETION_INDEX_ANNOTATION: str(index)}))
+            SimpleNamespace(
+                metadata=SimpleNamespace(
+                    name=f"{job.metadata.name}-{index}-x", annotations={k8s.COMPLETION_INDEX_ANNOTATION: str(index)}
+                )
+            )
             for index in range(job.spec.completions)
         ]
         return SimpleNamespace(items=list(reversed(pods)))
@@ -292,10 +333,16 @@ class FakeCluster:
     def create_namespaced_job(self, namespace, body):
         job = api_model(body, "V1Job")
         self.created.append(job)
-        self._run_pod(f"{job.metadata.name}-0-x", job.spec.template.spec.containers[0], {k8s.COMPLETION_INDEX_ANNOTATION: "0"})
+        self._run_pod(
+            f"{job.metadata.name}-0-x", job.spec.template.spec.containers[0], {k8s.COMPLETION_INDEX_ANNOTATION: "0"}
+        )
 
     def read_namespaced_job_status(self, name, namespace):
-        return SimpleNamespace(status=SimpleNamespace(succeeded=2, failed=None, active=None, conditions=[SimpleNamespace(type="Complete", status="True")]))
+        return SimpleNamespace(
+            status=SimpleNamespace(
+                succeeded=2, failed=None, active=None, conditions=[SimpleNamespace(type="Complete", status="True")]
+            )
+        )
 
     def delete_namespaced_job(self, name, namespace, propagation_policy=None):
         self.deleted.append(f"job/{name}:{propagation_policy}")
@@ -313,8 +360,12 @@ class FakeCluster:
 def fake_cluster(monkeypatch):
     def install(interrupt: bool = False) -> FakeCluster:
         cluster = FakeCluster(interrupt)
-        monkeypatch.setattr("dagster_k8s.pipes.DagsterKubernetesClient.production_client", staticmethod(lambda *a, **k: cluster))
-        monkeypatch.setattr("dagster_k8s.client.DagsterKubernetesClient.production_client", staticmethod(lambda *a, **k: cluster))
+        monkeypatch.setattr(
+            "dagster_k8s.pipes.DagsterKubernetesClient.production_client", staticmethod(lambda *a, **k: cluster)
+        )
+        monkeypatch.setattr(
+            "dagster_k8s.client.DagsterKubernetesClient.production_client", staticmethod(lambda *a, **k: cluster)
+        )
         monkeypatch.setattr("dagster_k8s.pipes.PipesK8sClient._load_k8s_config", lambda self: None)
         monkeypatch.setattr(k8s, "_load_kube_config", lambda settings: None)
         monkeypatch.setattr(kubernetes.client, "BatchV1Api", lambda *a, **k: cluster)
@@ -365,7 +416,7 @@ def test_pipes_k8s_client_runs_the_pod_with_the_raised_timeout_and_deletes_it(fa
 
 def test_a_terminated_run_deletes_its_pod(fake_cluster, tmp_path):
     cluster = fake_cluster(interrupt=True)
-    result, events, _ = run_stage_asset(tmp_path, gpu_launch(), settings(pod_wait_timeout_s=3600.0))
+    result, _, _ = run_stage_asset(tmp_path, gpu_launch(), settings(pod_wait_timeout_s=3600.0))
     assert not result.success
     (pod,) = cluster.created
     assert cluster.deleted == [pod.metadata.name]
@@ -396,3 +447,11 @@ def test_the_pipes_client_settings():
     client = k8s.pipes_client(settings(poll_interval_s=2.5, kubeconfig_file="/etc/kube/config", kube_context="gpu"))
     assert (client.poll_interval, client.kubeconfig_file, client.kube_context) == (2.5, "/etc/kube/config", "gpu")
     assert KubernetesSettings().pod_wait_timeout_s > 24 * 3600  # above PipesK8sClient's 24 h default
+
+
+def test_evaluation_launches_run_their_own_entrypoint():
+    spec = StageSpec(**{**json.loads(make_spec().to_json()), "stage": "base", "asset_name": "base_eval", "module": "doge_dagster.evaluation"})
+    body = k8s.pod_spec(settings(), spec, LaunchRecipe(gpus_per_node=1, accelerate_config="single_gpu"), HOST_ENV)
+    pod = api_model(pod_manifest(body), "V1Pod")
+    assert pod.spec.containers[0].command[-5:] == ["-m", "doge_dagster.evaluation", "base", "--spec", "env:DOGE_SPEC_JSON"]
+    assert k8s.labels(spec)["doge-dagster/asset"] == "base_eval"

@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import PROJECT_ROOT, dagster_env, tail, write_tiny_recipe
 
 from doge_dagster.artifacts import MANIFEST_NAME, ArtifactMissingError, ArtifactStore
-from helpers import PROJECT_ROOT, dagster_env, tail, write_tiny_recipe
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
@@ -52,14 +52,21 @@ def s3_server():
     server.start()
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=url, region_name=REGION, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+    client = boto3.client(
+        "s3", endpoint_url=url, region_name=REGION, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY
+    )
     client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
     yield url, client
     server.stop()
 
 
 def store_options(endpoint: str, **extra) -> dict:
-    return {"key": ACCESS_KEY, "secret": SECRET_KEY, "client_kwargs": {"endpoint_url": endpoint, "region_name": REGION}, **extra}
+    return {
+        "key": ACCESS_KEY,
+        "secret": SECRET_KEY,
+        "client_kwargs": {"endpoint_url": endpoint, "region_name": REGION},
+        **extra,
+    }
 
 
 def bucket_objects(client, prefix: str = "") -> dict[str, bytes]:
@@ -84,7 +91,11 @@ def test_process_env_lets_a_bare_artifact_store_reach_s3(s3_server, tmp_path):
 
     url, _ = s3_server
     resource = ArtifactStoreResource(
-        root=f"s3://{BUCKET}/env", endpoint_url=url, region=REGION, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY
+        root=f"s3://{BUCKET}/env",
+        endpoint_url=url,
+        region=REGION,
+        access_key_id=ACCESS_KEY,
+        secret_access_key=SECRET_KEY,
     )
     env = resource.process_env()
     assert env == {
@@ -111,7 +122,7 @@ def test_process_env_lets_a_bare_artifact_store_reach_s3(s3_server, tmp_path):
     )
     clean = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "FSSPEC_"))}
     completed = subprocess.run(
-        [sys.executable, "-c", script, f"s3://{BUCKET}/env"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+        [sys.executable, "-c", script, f"s3://{BUCKET}/env"], check=False, cwd=PROJECT_ROOT, capture_output=True, text=True,
         env={**clean, **env, "TMPDIR": str(tmp_path)}, timeout=120,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
@@ -216,7 +227,9 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def assert_republish_completes(store: ArtifactStore, client, prefix: str, staged: Path, files: dict[str, bytes]) -> None:
+def assert_republish_completes(
+    store: ArtifactStore, client, prefix: str, staged: Path, files: dict[str, bytes]
+) -> None:
     manifest = store.publish("model", "tiny", "v1", staged)
     objects = bucket_objects(client, prefix)
     assert json.loads(objects.pop(prefix + MANIFEST_NAME))["version"] == "v1"
@@ -278,7 +291,13 @@ def test_connection_dropped_mid_upload_fails_the_publish_without_a_manifest(s3_s
     files = stage_files(staged)
     proxy = ThrottlingProxy(int(url.rsplit(":", 1)[1]), budget=4 * FILE_SIZE)
     # Few retries: the endpoint is gone for good, the test only needs the publish to give up.
-    flaky = ArtifactStore(root, store_options(proxy.url, config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 2, "read_timeout": 5}), cache_dir=str(tmp_path / "c1"))
+    flaky = ArtifactStore(
+        root,
+        store_options(
+            proxy.url, config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 2, "read_timeout": 5}
+        ),
+        cache_dir=str(tmp_path / "c1"),
+    )
     outcome: dict = {}
 
     def publish() -> None:
@@ -376,15 +395,24 @@ def s3_chain(s3_server, tmp_path_factory):
     (base / "tmp").mkdir()
     started = time.monotonic()
     completed = subprocess.run(
-        [sys.executable, "-c", CHAIN_SCRIPT, json.dumps(CHAIN_ASSETS)], cwd=PROJECT_ROOT, env=env,
+        [sys.executable, "-c", CHAIN_SCRIPT, json.dumps(CHAIN_ASSETS)], check=False, cwd=PROJECT_ROOT, env=env,
         capture_output=True, text=True, timeout=800, start_new_session=True,
     )  # fmt: skip
     (base / "chain.log").write_text(completed.stdout + "\n--- stderr ---\n" + completed.stderr)
     lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT-JSON ")]
-    assert lines, f"the chain printed no result (rc {completed.returncode}):\n{tail(completed.stdout)}\n{tail(completed.stderr)}"
+    assert lines, (
+        f"the chain printed no result (rc {completed.returncode}):\n{tail(completed.stdout)}\n{tail(completed.stderr)}"
+    )
     result = json.loads(lines[-1].removeprefix("RESULT-JSON "))
     result["seconds"] = time.monotonic() - started
-    return {"base": base, "root": root, "url": url, "client": client, "result": result, "log": completed.stdout + completed.stderr}
+    return {
+        "base": base,
+        "root": root,
+        "url": url,
+        "client": client,
+        "result": result,
+        "log": completed.stdout + completed.stderr,
+    }
 
 
 # A model after 10 SFT steps may answer the chat check with an empty reply: a quality gate, not storage.
@@ -396,7 +424,11 @@ def assert_chain_ran(s3_chain) -> None:
     result = s3_chain["result"]
     failed_checks = {name for name, passed in result["checks"].items() if not passed}
     assert len(result["checks"]) >= 16 and failed_checks <= QUALITY_ONLY, result["checks"]
-    unexpected = [text for text in result["failures"] if not (failed_checks and "chat_template_reply" in text and "DagsterAssetCheckFailedError" in text)]
+    unexpected = [
+        text
+        for text in result["failures"]
+        if not (failed_checks and "chat_template_reply" in text and "DagsterAssetCheckFailedError" in text)
+    ]
     assert result["success"] or not unexpected, "\n\n".join(unexpected) or tail(s3_chain["log"])
     assert sorted(result["metadata"]) == sorted(CHAIN_ASSETS), tail(s3_chain["log"])
 
@@ -406,10 +438,14 @@ def test_tiny_chain_materializes_with_the_store_on_s3(s3_chain):
     result, client = s3_chain["result"], s3_chain["client"]
     assert_chain_ran(s3_chain)
     for asset in CHAIN_ASSETS:
-        assert result["metadata"][asset]["artifact_uri"].startswith(f"{s3_chain['root']}/{asset}/tiny/"), result["metadata"][asset]
+        assert result["metadata"][asset]["artifact_uri"].startswith(f"{s3_chain['root']}/{asset}/tiny/"), result[
+            "metadata"
+        ][asset]
         assert result["metadata"][asset]["cached"] == "False"
 
-    store = ArtifactStore(s3_chain["root"], store_options(s3_chain["url"]), cache_dir=str(s3_chain["base"] / "verify-cache"))
+    store = ArtifactStore(
+        s3_chain["root"], store_options(s3_chain["url"]), cache_dir=str(s3_chain["base"] / "verify-cache")
+    )
     keys = set(bucket_objects(client, "chain/"))
     for asset in CHAIN_ASSETS:
         manifest = store.latest(asset, "tiny")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import dagster as dg
 import pytest
@@ -22,7 +23,7 @@ from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
 from doge_dagster.recipes import PROJECT_ROOT, LaunchRecipe
 from resources.compute import SlurmSettings
-from resources.slurm import LogTail, SlurmError, render_script, submit
+from resources.slurm import LogTail, SlurmError, SlurmJob, jobcomp_status, render_script, submit, wait_for_job
 
 INJECTION = "x; touch {marker}; $(touch {marker}) `touch {marker}` '\"; touch {marker}"
 
@@ -36,7 +37,8 @@ from resources.artifact_store import ArtifactStoreResource
 from resources.compute import ComputeResource, SlurmSettings
 
 args = json.loads(sys.argv[1])
-compute = ComputeResource(backend=args["backend"], slurm=SlurmSettings(shared_dir=args["shared_dir"], poll_interval_s=0.5))
+slurm = SlurmSettings(shared_dir=args["shared_dir"], poll_interval_s=0.5)
+compute = ComputeResource(backend=args["backend"], slurm=slurm, env=args.get("env", {}))
 instance = dg.DagsterInstance.ephemeral()
 result = dg.materialize(
     [*DATA_ASSETS, *TRAINING_ASSET_DEFS], partition_key="tiny", selection=args["selection"], instance=instance,
@@ -55,19 +57,20 @@ def tiny_recipes(folder: Path, training: dict | None = None, launch: dict | None
     """A recipes folder holding only `tiny.yaml`, with its pretrain stage shortened and edited."""
     raw = yaml.safe_load((PROJECT_ROOT / "recipes" / "tiny.yaml").read_text())
     pretrain = raw["stages"]["pretrain"]
+    short = {"max_steps": 8, "warmup_steps": 1, "logging_steps": 2, "save_steps": 4, "per_device_train_batch_size": 4}
     pretrain["training"].update(
-        max_steps=8, warmup_steps=1, logging_steps=2, save_steps=4, per_device_train_batch_size=4,
-        lr_scheduler_kwargs={"num_decay_steps": 2, "min_lr_ratio": 0.0}, **(training or {}),
-    )  # fmt: skip
+        short, lr_scheduler_kwargs={"num_decay_steps": 2, "min_lr_ratio": 0.0}, **(training or {})
+    )
     pretrain["launch"].update(launch or {})
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tiny.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return folder
 
 
-def start_driver(recipes: Path, store: Path, shared: Path, out: Path, selection: list[str], backend: str = "slurm"):
-    """Start the materialization subprocess."""
-    args = {"store": str(store), "shared_dir": str(shared), "out": str(out), "selection": selection, "backend": backend}
+def start_driver(recipes: Path, store: Path, shared: Path, out: Path, selection: list[str], backend="slurm", env=None):
+    """Start the materialization subprocess (`env`: the compute resource's extra environment)."""
+    args = {"store": str(store), "shared_dir": str(shared), "out": str(out), "selection": selection}
+    args.update(backend=backend, env=env or {})
     env = {**os.environ, "DOGE_RECIPES_DIR": str(recipes)}
     return subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(args)], cwd=PROJECT_ROOT, env=env)
 
@@ -228,11 +231,16 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_tiny_pretrain_runs_through_sbatch_with_pipes(slurm_cluster, tiny_data, tmp_path):  # noqa: F811
+    secret = "s3cr3t-value"  # the compute env (credentials) reaches the job, never the script file
+    recipes = tiny_recipes(tmp_path / "recipes", launch={"setup": ['echo "secret-length ${#DOGE_TEST_SECRET}"']})
+    shared = slurm_cluster.shared_dir
     report = run_driver(
-        tiny_recipes(tmp_path / "recipes"), tiny_data, slurm_cluster.shared_dir, tmp_path / "out.json", ["doge_base"]
+        recipes, tiny_data, shared, tmp_path / "out.json", ["doge_base"], env={"DOGE_TEST_SECRET": secret}
     )
     assert report["success"], report["failures"]
     logs = "\n".join(report["logs"])
+    assert f"secret-length {len(secret)}" in logs
+    assert all(secret not in path.read_text() for path in shared.rglob("*") if path.is_file())
     assert "submitted Slurm job" in logs and "COMPLETED" in logs
     assert any(message.startswith("step ") for message in report["logs"]), logs  # Pipes messages from rank 0
     assert "[slurm " in logs  # the job's own log file, streamed
@@ -258,8 +266,37 @@ def test_interrupting_the_step_cancels_the_job(slurm_cluster, tiny_data, tmp_pat
     finally:
         if process.poll() is None:
             process.kill()
-    report = json.loads((tmp_path / "out.json").read_text()) if (tmp_path / "out.json").exists() else {"logs": []}
-    assert any("cancelled Slurm job" in message for message in report["logs"]) or not report["logs"]
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert not report["success"] and "DagsterExecutionInterruptedError" in report["failures"][0]
+    assert any(message.startswith("cancelled Slurm job") for message in report["logs"])
+
+
+class FakeLog:
+    """Collects what the backend logs into a Dagster run."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def info(self, message: str) -> None:
+        self.lines.append(message)
+
+    warning = info
+
+
+@pytest.mark.slow
+def test_job_state_from_scontrol_then_jobcomp_once_forgotten(slurm_cluster, tmp_path):  # noqa: F811
+    log = tmp_path / "job.log"
+    script = tmp_path / "job.sbatch"
+    script.write_text(f"#!/bin/bash\n#SBATCH --output={log}\necho first\necho second\nexit 2\n")
+    job_id = submit(script)
+    context = SimpleNamespace(log=FakeLog())
+    job = wait_for_job(context, job_id, log, poll_interval_s=0.2)
+    assert (job.state, job.exit_code) == ("FAILED", "2:0")
+    assert f"[slurm {job_id}] first" in context.log.lines and f"[slurm {job_id}] second" in context.log.lines
+    assert jobcomp_status(job_id) == SlurmJob(job_id, "FAILED", "2:0", "jobcomp record")
+    # A job scontrol no longer knows and jobcomp never recorded: failed, with the reason said.
+    gone = wait_for_job(SimpleNamespace(log=FakeLog()), "987654", tmp_path / "none.log", poll_interval_s=0.2)
+    assert gone.state == "UNKNOWN" and "MinJobAge" in gone.reason
 
 
 @pytest.mark.slow

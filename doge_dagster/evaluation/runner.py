@@ -42,7 +42,7 @@ from doge_dagster.training.spec import StageSpec
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 MODEL_CONFIG_FILES = ("config.json", "generation_config.json")
-CPU_BATCH_SIZE = 32
+CPU_BATCH_SIZE = 64
 
 
 @dataclass(frozen=True)

@@ -378,7 +378,7 @@ def arithmetic_tasks(data_dir: str | Path) -> list[LightevalTaskConfig]:
     )  # fmt: skip
     # Long enough for a think block before the answer; chat models stop at the end of turn, plain
     # models at the first newline.
-    generative = dict(generation_size=192, stop_sequence=["\n"])
+    generative = dict(generation_size=160, stop_sequence=["\n"])
     return [
         LightevalTaskConfig(name="arithmetic_mc", prompt_function=arithmetic_mc_prompt, metrics=[Metrics.loglikelihood_acc], **common),
         LightevalTaskConfig(name="arithmetic_gen", prompt_function=arithmetic_gen_prompt, metrics=[number_exact_match], **common, **generative),
