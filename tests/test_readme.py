@@ -1,0 +1,30 @@
+"""The README's copy-paste snippets stay valid."""
+
+from pathlib import Path
+
+import dagster as dg
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def yaml_block_after(heading: str) -> str:
+    """The first ```yaml block after a heading."""
+    return README.read_text().split(heading, 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+
+
+def test_production_dagster_yaml_loads(tmp_path, monkeypatch):
+    (tmp_path / "dagster.yaml").write_text(yaml_block_after("## Production instance settings"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    instance = dg.DagsterInstance.get()
+    assert instance.run_monitoring_enabled
+    assert instance.run_retries_max_retries == 2
+
+
+def test_recipe_launch_snippet_validates():
+    import yaml
+
+    from doge_dagster.recipes import LaunchRecipe
+
+    snippet = yaml.safe_load(yaml_block_after("## Compute: local, Slurm, Kubernetes"))
+    launch = LaunchRecipe.model_validate(snippet["stages"]["pretrain"]["launch"])
+    assert launch.processes == 16
