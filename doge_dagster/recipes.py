@@ -224,7 +224,8 @@ class StageRecipe(Strict):
     def _translate_legacy(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             return value
-        translated = dict(value)
+        # PyYAML reads `3e-3` (no dot) as a string; trainers need the number.
+        translated = {key: _number_or_text(item) for key, item in value.items()}
         for old, reason in LEGACY_REMOVED.items():
             if old in translated:
                 raise ValueError(f"`{old}` is no longer supported; {reason}")
@@ -244,6 +245,13 @@ class StageRecipe(Strict):
             log.info("recipe: translated warmup_ratio=%s -> warmup_steps=%s", ratio, ratio)
             translated["warmup_steps"] = float(ratio)
         return translated
+
+
+FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _number_or_text(value: Any) -> Any:
+    return float(value) if isinstance(value, str) and FLOAT_TEXT.match(value) else value
 
 
 class PretrainStage(StageRecipe):

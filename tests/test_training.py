@@ -284,7 +284,9 @@ def test_every_chain_model_loads_generates_and_documents_its_lineage(tiny_chain)
 
         assert (folder / "generation_config.json").is_file(), f"{asset}: no generation_config.json"
         generation = GenerationConfig.from_pretrained(str(folder))
-        assert tokenizer.eos_token_id in generation.eos_token_id
+        end_ids = generation.eos_token_id if isinstance(generation.eos_token_id, list) else [generation.eos_token_id]
+        assert tokenizer.eos_token_id in end_ids, f"{asset}: generation_config eos {end_ids}"
+        assert generation.pad_token_id == tokenizer.pad_token_id
         card = (folder / "README.md").read_text()
         assert manifest["upstream"], asset
         for upstream, upstream_version in manifest["upstream"].items():
@@ -300,7 +302,7 @@ def test_every_chain_model_loads_generates_and_documents_its_lineage(tiny_chain)
                 output = model.generate(**inputs, max_new_tokens=24, do_sample=False)
             reply = tokenizer.decode(output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
             assert reply.strip(), f"{asset} gave an empty chat reply"
-            assert generation.eos_token_id[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+            assert tokenizer.convert_tokens_to_ids("<|im_end|>") in end_ids, f"{asset}: a chat turn end must stop generation"
 
 
 @pytest.mark.slow
