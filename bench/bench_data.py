@@ -25,14 +25,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from doge_dagster.data import generated, mixing, sources  # noqa: E402
-from doge_dagster.data.tokenizer import train_bpe  # noqa: E402
-from doge_dagster.recipes import SourceRef, TokenizerRecipe  # noqa: E402
+from doge_dagster.data import generated, mixing, sources
+from doge_dagster.data.tokenizer import train_bpe
+from doge_dagster.recipes import SourceRef, TokenizerRecipe
 
 RATIOS = {"fineweb-edu": 0.7, "cosmopedia-v2": 0.2, "python-edu": 0.05, "finemath": 0.05}
 MAX_LENGTH, SEED, BATCH = 2048, 233, 1000
@@ -52,18 +53,16 @@ def timed_rounds(fns: dict, rounds: int) -> tuple[dict[str, float], dict[str, fl
     The fns run in turn within every round, so background load on the machine hits them alike; CPU time is
     the cross-check when other processes share the cores (it does not credit multithreading).
     """
-    wall: dict[str, list[float]] = {name: [] for name in fns}
-    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
     results = {}
     for round_index in range(rounds + 1):
         for name, fn in fns.items():
             start, start_cpu = time.perf_counter(), cpu_seconds()
             results[name] = fn()
             if round_index:
-                wall[name].append(time.perf_counter() - start)
-                cpu[name].append(cpu_seconds() - start_cpu)
-    median = lambda samples: {name: statistics.median(values) for name, values in samples.items()}  # noqa: E731
-    return median(wall), median(cpu), results
+                samples[name].append((time.perf_counter() - start, cpu_seconds() - start_cpu))
+    medians = [{name: statistics.median(pair[i] for pair in pairs) for name, pairs in samples.items()} for i in (0, 1)]
+    return medians[0], medians[1], results
 
 
 def build_corpus(root: Path, total_tokens: int):
@@ -79,18 +78,18 @@ def build_corpus(root: Path, total_tokens: int):
 
 
 def run_mixer(root: Path, tokenizer, total_tokens: int):
-    entries = [
-        {"name": name, "ratio": ratio,
-         "dataset": sources.open_source(SourceRef(dataset=name, ratio=ratio, kind="hub", path=str(root)), seed=SEED)}
-        for name, ratio in RATIOS.items()
-    ]
-    return mixing.mix_datasets_by_ratio(entries, total_tokens, tokenizer, kind="pretrain", max_length=MAX_LENGTH,
-                                        packing=True, seed=SEED)
+    def stream(name: str, ratio: float):
+        return sources.open_source(SourceRef(dataset=name, ratio=ratio, kind="hub", path=str(root)), seed=SEED)
+
+    entries = [{"name": name, "ratio": ratio, "dataset": stream(name, ratio)} for name, ratio in RATIOS.items()]
+    return mixing.mix_datasets_by_ratio(
+        entries, total_tokens, tokenizer, kind="pretrain", max_length=MAX_LENGTH, packing=True, seed=SEED
+    )
 
 
 def run_limit(texts: list[str], encode) -> int:
     """Tokenize `texts` in batches; return the token count with one EOS per document, as the mixer counts."""
-    return sum(sum(map(len, encode(texts[i:i + BATCH]))) for i in range(0, len(texts), BATCH)) + len(texts)
+    return sum(sum(map(len, encode(texts[i : i + BATCH]))) for i in range(0, len(texts), BATCH)) + len(texts)
 
 
 def run_seed(rows: dict[str, list[dict]], tokenizer, total_tokens: int):
@@ -101,13 +100,15 @@ def run_seed(rows: dict[str, list[dict]], tokenizer, total_tokens: int):
 
     def tokenize(batch):  # as the seed: input_ids and attention_mask, EOS appended to both
         encoded = tokenizer(batch["text"], add_special_tokens=False)
-        return {"input_ids": [ids + [eos] for ids in encoded["input_ids"]],
-                "attention_mask": [mask + [1] for mask in encoded["attention_mask"]]}
+        return {
+            "input_ids": [ids + [eos] for ids in encoded["input_ids"]],
+            "attention_mask": [mask + [1] for mask in encoded["attention_mask"]],
+        }
 
     def group(batch):
         flat = [token for ids in batch["input_ids"] for token in ids]
         usable = len(flat) // MAX_LENGTH * MAX_LENGTH
-        return {"input_ids": [flat[i:i + MAX_LENGTH] for i in range(0, usable, MAX_LENGTH)]}
+        return {"input_ids": [flat[i : i + MAX_LENGTH] for i in range(0, usable, MAX_LENGTH)]}
 
     parts = []
     for name, ratio in RATIOS.items():
@@ -121,21 +122,92 @@ def run_seed(rows: dict[str, list[dict]], tokenizer, total_tokens: int):
 
 def run_python(code: str) -> None:
     """A fresh interpreter running `code` in the project root; its last stderr line on failure."""
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"`python -c {code!r}` failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
 
 
 def machine() -> str:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-                 platform.processor() or "unknown CPU")
-    import datasets
-    import tokenizers
-    import transformers
-    return (f"{model}, {os.cpu_count()} cores (affinity {len(os.sched_getaffinity(0))}), Python "
-            f"{platform.python_version()}, datasets {datasets.__version__}, tokenizers {tokenizers.__version__}, "
-            f"transformers {transformers.__version__}")
+    """CPU model (from /proc/cpuinfo), core counts, Python and the versions of the libraries measured."""
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+    versions = ", ".join(f"{name} {version(name)}" for name in ("datasets", "tokenizers", "transformers"))
+    cores = f"{os.cpu_count()} cores (affinity {len(os.sched_getaffinity(0))})"
+    return f"{models[0] if models else platform.processor()}, {cores}, Python {platform.python_version()}, {versions}"
+
+
+def measure_data(total: int, repeats: int) -> tuple[dict, dict, dict, str]:
+    """Wall and CPU seconds and tokens out of mixer, limit, backend limit and seed; a line describing the run."""
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
+        root = Path(tmp)
+        rows, tokenizer = build_corpus(root, total)
+        # A first mixer run gives the documents used per source (the same every run: seeded).
+        _, stats = run_mixer(root, tokenizer, total)
+        assert sum(s.tokens for s in stats.sources.values()) == total and stats.max_ratio_error() < 1e-3
+        texts = [row["text"] for name, s in stats.sources.items() for row in rows[name][: s.rows_used]]
+        backend = tokenizer.backend_tokenizer
+        measures = {
+            "mixer": lambda: run_mixer(root, tokenizer, total),
+            "limit": lambda: run_limit(texts, lambda batch: tokenizer(batch, add_special_tokens=False)["input_ids"]),
+            "backend": lambda: run_limit(
+                texts, lambda batch: [e.ids for e in backend.encode_batch_fast(batch, add_special_tokens=False)]
+            ),
+            "seed": lambda: run_seed(rows, tokenizer, total),
+        }
+        wall, cpu, results = timed_rounds(measures, repeats)
+    seed_tokens = sum(map(len, results["seed"].values())) * MAX_LENGTH
+    tokens = {"mixer": total, "limit": results["limit"], "backend": results["backend"], "seed": seed_tokens}
+    rows_read = sum(s.rows_read for s in stats.sources.values())
+    note = (
+        f"Mixer: {total:,} tokens, ratios 0.7/0.2/0.05/0.05, packed to {MAX_LENGTH}; it read {rows_read:,} of the "
+        f"{sum(map(len, rows.values())):,} generated rows, which the seed pipeline tokenizes whole ({seed_tokens:,} "
+        f"tokens out). Medians of {repeats} interleaved rounds after a warm-up round"
+    )
+    return wall, cpu, tokens, note
+
+
+def measure_load() -> tuple[dict, dict]:
+    """Wall and CPU seconds of fresh interpreters importing the code location, and dagster alone (NaN if broken)."""
+    try:
+        imports = {"load": "import doge_dagster.definitions", "bare": "import dagster"}
+        wall, cpu, _ = timed_rounds({key: lambda code=code: run_python(code) for key, code in imports.items()}, 5)
+        return wall, cpu
+    except RuntimeError as error:  # the code location is broken: report it, keep the data numbers
+        print(error, file=sys.stderr)
+        return {"load": math.nan, "bare": math.nan}, {"load": math.nan, "bare": math.nan}
+
+
+def table(wall: dict, cpu: dict, tokens: dict) -> list[str]:
+    """Markdown rows: throughputs and ratios by wall and by CPU time; goals judged on wall time."""
+
+    def rate(label: str, key: str) -> str:
+        return (
+            f"| {label} | {tokens[key] / wall[key] / 1e6:.2f}M tok/s | {tokens[key] / cpu[key] / 1e6:.2f}M tok/s | | |"
+        )
+
+    def ratio(label: str, top: str, bottom: str, goal: str = "", check=None) -> str:
+        # throughput ratio for token measures, time ratio for the imports
+        values = [
+            (tokens[top] / s[top]) / (tokens[bottom] / s[bottom]) if top in tokens else s[top] / s[bottom]
+            for s in (wall, cpu)
+        ]
+        met = "" if check is None else "failed" if math.isnan(values[0]) else "yes" if check(values[0]) else "NO"
+        return f"| {label} | {values[0]:.2f}x | {values[1]:.2f}x | {goal} | {met} |"
+
+    return [
+        "| measure | wall time | CPU time | goal | met (wall) |",
+        "|---|---|---|---|---|",
+        rate("mixer `mix_datasets_by_ratio` (stream, tokenize, pack, split)", "mixer"),
+        rate("limit `tokenizer(texts)`, same doc count, in memory", "limit"),
+        rate("limit, Rust backend `encode_batch_fast` (reference)", "backend"),
+        rate("seed `from_list` + `map` tokenize + `map` pack", "seed"),
+        ratio("**mixer / limit**", "mixer", "limit", ">= 0.8x", lambda value: value >= 0.8),
+        ratio("mixer / backend limit (reference)", "mixer", "backend"),
+        ratio("**mixer / seed**", "mixer", "seed", ">= 2x", lambda value: value >= 2),
+        f"| `import doge_dagster.definitions` | {wall['load']:.2f} s | {cpu['load']:.2f} s | | |",
+        f"| `import dagster` | {wall['bare']:.2f} s | {cpu['bare']:.2f} s | | |",
+        ratio("**load / bare**", "load", "bare", "<= 1.5x", lambda value: value <= 1.5),
+    ]
 
 
 def main() -> None:
@@ -145,83 +217,19 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only, do not append to bench/RESULTS.md")
     args = parser.parse_args()
     total = 1_000_000 if args.quick else 5_000_000
-
     import datasets
 
     datasets.disable_progress_bars()
     datasets.disable_caching()
     start_load = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
-        root = Path(tmp)
-        start = time.perf_counter()
-        rows, tokenizer = build_corpus(root, total)
-        setup = time.perf_counter() - start
-        print(f"corpus {sum(map(len, rows.values())):,} rows + tokenizer ({len(tokenizer)} tokens) in {setup:.1f} s",
-              flush=True)
-
-        # A first mixer run gives the documents used per source (the same every run: seeded).
-        _, stats = run_mixer(root, tokenizer, total)
-        assert sum(s.tokens for s in stats.sources.values()) == total and stats.max_ratio_error() < 1e-3
-        texts = [row["text"] for name, s in stats.sources.items() for row in rows[name][:s.rows_used]]
-        backend = tokenizer.backend_tokenizer
-        wall, cpu, results = timed_rounds({
-            "mixer": lambda: run_mixer(root, tokenizer, total),
-            "limit": lambda: run_limit(texts, lambda batch: tokenizer(batch, add_special_tokens=False)["input_ids"]),
-            "backend": lambda: run_limit(texts, lambda batch: [
-                e.ids for e in backend.encode_batch_fast(batch, add_special_tokens=False)]),
-            "seed": lambda: run_seed(rows, tokenizer, total),
-        }, args.repeats)
-        print("wall s: " + ", ".join(f"{name} {value:.2f}" for name, value in wall.items()), flush=True)
-
-    try:
-        load_wall, load_cpu, _ = timed_rounds({"load": lambda: run_python("import doge_dagster.definitions"),
-                                               "bare": lambda: run_python("import dagster")}, 5)
-    except RuntimeError as error:  # the code location is broken: report it, keep the data numbers
-        print(error, file=sys.stderr)
-        load_wall = load_cpu = {"load": math.nan, "bare": math.nan}
+    wall, cpu, tokens, note = measure_data(total, args.repeats)
+    load_wall, load_cpu = measure_load()
     wall.update(load_wall)
     cpu.update(load_cpu)
-    seed_splits = results["seed"]
-    seed_tokens = (len(seed_splits["train"]) + len(seed_splits["test"])) * MAX_LENGTH
-    corpus_rows, rows_read = sum(map(len, rows.values())), sum(s.rows_read for s in stats.sources.values())
+    when = f"{datetime.datetime.now():%Y-%m-%d %H:%M} ({'quick, 1M' if args.quick else 'full, 5M'} tokens)"
     load_avg = f"{start_load:.2f} / {os.getloadavg()[0]:.2f}"
-
-    tokens = {"mixer": total, "limit": results["limit"], "backend": results["backend"], "seed": seed_tokens}
-
-    def row(label: str, key: str) -> str:
-        rates = [tokens[key] / seconds[key] / 1e6 for seconds in (wall, cpu)]
-        return f"| {label} | {rates[0]:.2f}M tok/s | {rates[1]:.2f}M tok/s | | |"
-
-    def ratio(label: str, top: str, bottom: str, goal: str = "", check=None) -> str:
-        # a ratio of throughputs for token measures, of seconds for the imports
-        values = [(tokens[top] / s[top]) / (tokens[bottom] / s[bottom]) if top in tokens else s[top] / s[bottom]
-                  for s in (wall, cpu)]
-        met = "" if check is None else "failed" if math.isnan(values[0]) else "yes" if check(values[0]) else "NO"
-        return f"| {label} | {values[0]:.2f}x | {values[1]:.2f}x | {goal} | {met} |"
-
-    mode = "quick, 1M tokens" if args.quick else "full, 5M tokens"
-    table = [
-        "| measure | wall time | CPU time | goal | met (wall) |", "|---|---|---|---|---|",
-        row("mixer `mix_datasets_by_ratio` (stream, tokenize, pack, split)", "mixer"),
-        row("limit `tokenizer(texts)`, same doc count, in memory", "limit"),
-        row("limit, Rust backend `encode_batch_fast` (reference)", "backend"),
-        row("seed `from_list` + `map` tokenize + `map` pack", "seed"),
-        ratio("**mixer / limit**", "mixer", "limit", ">= 0.8x", lambda value: value >= 0.8),
-        ratio("mixer / backend limit (reference)", "mixer", "backend"),
-        ratio("**mixer / seed**", "mixer", "seed", ">= 2x", lambda value: value >= 2),
-        f"| `import doge_dagster.definitions` | {wall['load']:.2f} s | {cpu['load']:.2f} s | | |",
-        f"| `import dagster` | {wall['bare']:.2f} s | {cpu['bare']:.2f} s | | |",
-        ratio("**load / bare**", "load", "bare", "<= 1.5x", lambda value: value <= 1.5),
-    ]
-    report = "\n".join([
-        f"## {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} ({mode})", "",
-        f"Machine: {machine()}.", "",
-        f"Mixer: {total:,} tokens, ratios 0.7/0.2/0.05/0.05, packed to {MAX_LENGTH}; it read {rows_read:,} of the "
-        f"{corpus_rows:,} generated rows, which the seed pipeline tokenizes whole ({seed_tokens:,} tokens out). "
-        f"Medians of {args.repeats} interleaved rounds after a warm-up round; imports: medians of 5 fresh "
-        f"interpreters each, interleaved. 1-min load average at start / end: {load_avg}.", "",
-        *table, "",
-    ])
+    summary = f"{note}; imports: medians of 5 fresh interpreters each, interleaved. 1-min load average at start / end: {load_avg}."
+    report = "\n".join([f"## {when}", "", f"Machine: {machine()}.", "", summary, "", *table(wall, cpu, tokens), ""])
     print("\n" + report)
     if not args.no_write:
         path = ROOT / "bench" / "RESULTS.md"

@@ -152,6 +152,22 @@ def processes_in_group(pgid: int) -> list[int]:
     return found
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains `text` (e.g. a work folder), whatever their group."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
 def kill_group(pgid: int, wait_s: float = 20.0) -> None:
     """SIGKILL a process group and wait until none of its processes is alive."""
     try:

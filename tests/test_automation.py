@@ -179,22 +179,24 @@ def test_retrain_schedule_ticks_through_the_dagster_dev_daemon(tmp_path):
     with start_dagster_dev(tmp_path / "dev", artifact_root=artifacts, extra_env=extra) as server:
         started = server.set_schedule_running("retrain_schedule", True)
         assert started["__typename"] == "ScheduleStateResult" and started["scheduleState"]["status"] == "RUNNING", started
-        run = None
+        run, ticks = None, []
         try:
             deadline = time.monotonic() + 170  # the next minute boundary, plus the daemon's loop
-            while time.monotonic() < deadline and run is None:
+            while time.monotonic() < deadline:
                 runs = server.runs({"dagster/schedule_name": "retrain_schedule"})
                 run = runs[-1] if runs else None
-                if run is None:
-                    time.sleep(3)
-            ticks = server.schedule_ticks("retrain_schedule")
+                ticks = server.schedule_ticks("retrain_schedule")
+                # The run is created before its tick is marked done: wait for both.
+                if run and any(run["runId"] in tick["runIds"] and tick["status"] == "SUCCESS" for tick in ticks):
+                    break
+                time.sleep(3)
             assert run is not None, f"no scheduled run within 170 s; ticks: {ticks}\n{server.log_tail()}"
         finally:
             server.set_schedule_running("retrain_schedule", False)  # no second tick while we clean up
+        assert any(run["runId"] in tick["runIds"] and tick["status"] == "SUCCESS" for tick in ticks), ticks
         assert run["jobName"] == "full_pipeline"
         assert run["tags"].get("dagster/partition") == "tiny"
         assert run["tags"].get(INIT_FROM_TAG) == "doge_base:0123456789abcdef", run["tags"]
-        assert any(run["runId"] in tick["runIds"] for tick in ticks), ticks
         # A full retraining is not this test's business: stop the run and see it end.
         for candidate in server.runs({"dagster/schedule_name": "retrain_schedule"}):
             if candidate["status"] in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED"):

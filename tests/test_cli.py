@@ -25,6 +25,7 @@ from dagster_dev import (
     DAGSTER,
     DG,
     DOGE_DAGSTER,
+    CHAIN_TEST_TIMEOUT_S,
     QUICK_START_COMMAND,
     VENV_BIN,
     cli_env,
@@ -54,6 +55,7 @@ def assert_ok(result: subprocess.CompletedProcess, what: str) -> None:
 
 # -- dagster asset materialize ---------------------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.timeout(CHAIN_TEST_TIMEOUT_S)
 def test_quick_start_materializes_every_asset_of_tiny(tiny_chain):
     assert tiny_chain.command == QUICK_START_COMMAND
     assert "RUN_SUCCESS" in tiny_chain.output, tail(tiny_chain.output)
@@ -68,6 +70,7 @@ def test_quick_start_materializes_every_asset_of_tiny(tiny_chain):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(CHAIN_TEST_TIMEOUT_S)
 def test_quick_start_again_reports_every_asset_cached(tiny_chain):
     env = tiny_chain.env()
     started = time.monotonic()
@@ -81,6 +84,7 @@ def test_quick_start_again_reports_every_asset_cached(tiny_chain):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(CHAIN_TEST_TIMEOUT_S)
 def test_readme_cli_block_data_assets_then_one_model(tiny_chain):
     env = tiny_chain.env()
     data = run_command(materialize_command(",".join(DATA_ASSETS)), env, 600, log_path=ARTIFACTS_DIR / "cli-data-assets.log")
@@ -143,6 +147,7 @@ def instance_runs(env) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(CHAIN_TEST_TIMEOUT_S)
 def test_job_launch_queues_a_run_that_the_daemon_starts(tiny_chain, tmp_path):
     # A home of its own (so only this run is in it) on the chain's store (so the data job is all cached).
     env = tiny_chain.env(dagster_home=tmp_path / "home")
@@ -177,6 +182,7 @@ def test_job_launch_queues_a_run_that_the_daemon_starts(tiny_chain, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(CHAIN_TEST_TIMEOUT_S)
 def test_job_execute_runs_the_data_job_without_a_daemon(tiny_chain, tmp_path):
     env = tiny_chain.env(dagster_home=tmp_path / "home")
     result = run_command(
@@ -217,6 +223,7 @@ def test_lineage_on_an_empty_store_lists_sources_and_missing_nodes(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(CHAIN_TEST_TIMEOUT_S)
 def test_lineage_and_versions_on_the_materialized_chain_say_published(tiny_chain):
     env = tiny_chain.env()
     lines = node_lines(lineage(env, "lineage", "doge_instruct", "--partition", "tiny"))

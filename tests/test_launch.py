@@ -265,3 +265,14 @@ def test_stage_spec_default_env_roundtrips(tmp_path):
 def test_stage_spec_names_its_asset_parent_and_mixture(stage, asset, parent, mixture, tmp_path):
     spec = make_spec(stage, tmp_path)
     assert (spec.asset, spec.parent_model, spec.mixture) == (asset, parent, mixture)
+
+
+def test_stage_spec_reads_from_an_environment_variable(tmp_path, monkeypatch):
+    from doge_dagster.training.spec import SPEC_ENV_PREFIX, SPEC_ENV_VAR
+
+    spec = make_spec("grpo", tmp_path)
+    monkeypatch.setenv(SPEC_ENV_VAR, spec.to_json())
+    assert StageSpec.read(f"{SPEC_ENV_PREFIX}{SPEC_ENV_VAR}") == spec
+    monkeypatch.delenv(SPEC_ENV_VAR)
+    with pytest.raises(FileNotFoundError, match=SPEC_ENV_VAR):
+        StageSpec.read(f"{SPEC_ENV_PREFIX}{SPEC_ENV_VAR}")

@@ -25,6 +25,7 @@ from helpers import (
     kill_group,
     planned_version,
     processes_in_group,
+    processes_mentioning,
     published_versions,
     read_manifest,
     run_cli_materialize,
@@ -197,6 +198,7 @@ def test_killed_pretraining_resumes_from_its_last_checkpoint(data_root, tmp_path
         kill_group(process.pid)
         process.wait(timeout=30)
     assert processes_in_group(process.pid) == [], "processes of the killed run survived the SIGKILL of its group"
+    assert processes_mentioning(str(work)) == [], "a training process of the killed run escaped its process group"
     assert published_versions(root, "doge_base") == [], "a killed run must not publish a manifest"
     assert not (root / "doge_base" / PARTITION / version / "manifest.json").exists()
 

@@ -20,9 +20,11 @@ import time
 
 import pytest
 
-from dagster_dev import ARTIFACTS_DIR, DAGSTER, code_location_assets, latest_materializations, run_command, start_dagster_dev
+from dagster_dev import ARTIFACTS_DIR, CHAIN_TEST_TIMEOUT_S, CHAIN_TIMEOUT_S, DAGSTER, code_location_assets, latest_materializations, run_command, start_dagster_dev
 from helpers import PROJECT_ROOT, planned_version, published_versions, tail, tiny_raw
 import yaml
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(CHAIN_TEST_TIMEOUT_S)]
 
 EDIT = {"stages.sft.training.learning_rate": 1.5e-3}  # tiny.yaml has 2.0e-3
 EDITED_ASSET = "doge_instruct_sft"
@@ -135,7 +137,7 @@ def test_rerunning_full_pipeline_recomputes_only_the_unsynced_stages(edited, tin
     started = time.monotonic()
     result = run_command(
         [DAGSTER, "job", "execute", "-m", "doge_dagster.definitions", "-j", "full_pipeline", "--tags", '{"dagster/partition": "tiny"}'],
-        env, 1500, log_path=ARTIFACTS_DIR / "unsynced-full-pipeline.log",
+        env, CHAIN_TIMEOUT_S, log_path=ARTIFACTS_DIR / "unsynced-full-pipeline.log",
     )  # fmt: skip
     seconds = time.monotonic() - started
     assert result.returncode == 0, f"full_pipeline failed (rc {result.returncode}):\n{tail(result.stdout, 80)}"
