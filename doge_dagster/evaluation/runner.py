@@ -171,6 +171,19 @@ def _detail_row(detail) -> dict[str, Any]:
     })  # fmt: skip
 
 
+def resolve_subtasks(registry, tasks) -> dict[str, list[str]]:
+    """Recipe task -> the lighteval tasks it runs (`custom|arc|5|0` -> `custom|arc:easy|5`, `custom|arc:challenge|5`),
+    expanded as lighteval's registry expands supersets."""
+    subtasks = {}
+    for task in tasks:
+        suite, name, fewshot = reports.lighteval_task(task).split("|")
+        names = set()
+        for expanded in registry._expand_task_definition(f"{suite}|{name}"):  # lighteval 0.11's own expansion
+            names.update(c.full_name for c in registry.task_to_configs.get(expanded, []) if c.num_fewshots == int(fewshot))
+        subtasks[task] = sorted(names)
+    return subtasks
+
+
 def evaluate(
     model_dir: Path,
     work_dir: Path,
@@ -219,11 +232,7 @@ def evaluate(
     pipeline.evaluate()
     if not pipeline.is_main_process():
         return None
-    subtasks: dict[str, list[str]] = {}
-    for task in settings.tasks:
-        suite, name, fewshot = reports.lighteval_task(task).split("|")
-        configs = pipeline.registry.task_to_configs.get(f"{suite}|{name}", [])
-        subtasks[task] = sorted(config.full_name for config in configs if config.num_fewshots == int(fewshot))
+    subtasks = resolve_subtasks(pipeline.registry, settings.tasks)
     primary = {}
     for full_name, task in pipeline.tasks_dict.items():
         metric_name = task.metrics[0].metric_name
