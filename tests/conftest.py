@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from dagster_dev import TinyChain, tiny_chain_session
 
 

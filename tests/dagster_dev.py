@@ -40,7 +40,8 @@ DOGE_DAGSTER = str(VENV_BIN / "doge-dagster")
 ARTIFACTS_DIR = PROJECT_ROOT / "test-artifacts"  # screenshots and logs (gitignored)
 LOCATION = "doge_dagster"  # [tool.dagster] code_location_name
 REPOSITORY = "__repository__"
-CHAIN_TIMEOUT_S = float(os.environ.get("DOGE_TEST_CHAIN_TIMEOUT", 2400))  # minutes alone; far more on a shared, loaded machine
+# Minutes alone; far more on a shared, loaded machine.
+CHAIN_TIMEOUT_S = float(os.environ.get("DOGE_TEST_CHAIN_TIMEOUT", "2400"))
 # pytest-timeout counts fixture setup: a test that may be the first to need the chain gets this much.
 CHAIN_TEST_TIMEOUT_S = int(CHAIN_TIMEOUT_S) + 1200
 DAGSTER_YAML = "telemetry:\n  enabled: false\n"
@@ -82,7 +83,10 @@ def processes_with_env(marker: str) -> list[int]:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if needle in (entry / "environ").read_bytes() + b"\0" and (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            if (
+                needle in (entry / "environ").read_bytes() + b"\0"
+                and (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            ):
                 found.append(int(entry.name))
         except OSError:
             continue
@@ -108,7 +112,13 @@ def run_command(
     """Run a command in its own process group (stdout and stderr together); kill the group on timeout."""
     started = time.monotonic()
     process = subprocess.Popen(
-        list(args), cwd=cwd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        list(args),
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         output, _ = process.communicate(timeout=timeout)
@@ -123,7 +133,9 @@ def run_command(
         kill_group(process.pid, wait_s=5)  # nothing of it may outlive the command
     if log_path:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_text(f"$ {' '.join(args)}\n# {time.monotonic() - started:.1f}s, rc {process.returncode}\n{output}")
+        log_path.write_text(
+            f"$ {' '.join(args)}\n# {time.monotonic() - started:.1f}s, rc {process.returncode}\n{output}"
+        )
     return subprocess.CompletedProcess(process.args, process.returncode, output, "")
 
 
@@ -154,11 +166,15 @@ LATEST_MATERIALIZATIONS_SCRIPT = textwrap.dedent(
 )
 
 
-def latest_materializations(env: dict[str, str], assets: Sequence[str], partition: str = "tiny", timeout: float = 180) -> dict[str, dict]:
+def latest_materializations(
+    env: dict[str, str], assets: Sequence[str], partition: str = "tiny", timeout: float = 180
+) -> dict[str, dict]:
     """The newest materialization of each asset partition in env's DAGSTER_HOME: run id, `cached`, `version`, metadata."""
     result = run_command([sys.executable, "-c", LATEST_MATERIALIZATIONS_SCRIPT, partition, *assets], env, timeout)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT-JSON ")]
-    assert result.returncode == 0 and lines, f"reading the instance failed (rc {result.returncode}):\n{tail(result.stdout)}"
+    assert result.returncode == 0 and lines, (
+        f"reading the instance failed (rc {result.returncode}):\n{tail(result.stdout)}"
+    )
     return json.loads(lines[-1].removeprefix("RESULT-JSON "))
 
 
@@ -172,7 +188,10 @@ def code_location_assets() -> dict[str, Any]:
         "all": keys,
         "materializable": sorted(key.to_user_string() for key in graph.materializable_asset_keys),
         "sources": [key for key in keys if key.startswith("source_")],
-        "parents": {key.to_user_string(): sorted(parent.to_user_string() for parent in graph.get(key).parent_keys) for key in graph.get_all_asset_keys()},
+        "parents": {
+            key.to_user_string(): sorted(parent.to_user_string() for parent in graph.get(key).parent_keys)
+            for key in graph.get_all_asset_keys()
+        },
     }
 
 
@@ -205,7 +224,9 @@ class DagsterDev:
     def graphql(self, query: str, variables: dict[str, Any] | None = None, timeout: float = 60) -> dict[str, Any]:
         """POST a GraphQL query; return `data` or raise with the errors."""
         body = json.dumps({"query": query, "variables": variables or {}}).encode()
-        request = urllib.request.Request(f"{self.base_url}/graphql", data=body, headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.base_url}/graphql", data=body, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 answer = json.loads(response.read())
@@ -376,7 +397,9 @@ def _wait_until_ready(server: DagsterDev, timeout: float) -> None:
             last_error = str(error)
         time.sleep(0.5)
     else:
-        raise AssertionError(f"dagster dev did not answer /server_info within {timeout:.0f}s ({last_error}):\n{server.log_tail()}")
+        raise AssertionError(
+            f"dagster dev did not answer /server_info within {timeout:.0f}s ({last_error}):\n{server.log_tail()}"
+        )
     # The webserver answers before the code server has loaded the definitions: wait for the location too.
     while time.monotonic() < deadline:
         entries = server.graphql(
@@ -450,7 +473,17 @@ class TinyChain:
         return cli_env(dagster_home or self.dagster_home, self.artifact_root, recipes_dir, **extra)
 
 
-QUICK_START_COMMAND = [DAGSTER, "asset", "materialize", "-m", "doge_dagster.definitions", "--select", "tokenizer*", "--partition", "tiny"]
+QUICK_START_COMMAND = [
+    DAGSTER,
+    "asset",
+    "materialize",
+    "-m",
+    "doge_dagster.definitions",
+    "--select",
+    "tokenizer*",
+    "--partition",
+    "tiny",
+]
 
 
 def tiny_chain_session(base: Path) -> TinyChain:
@@ -463,5 +496,7 @@ def tiny_chain_session(base: Path) -> TinyChain:
     result = run_command(QUICK_START_COMMAND, env, CHAIN_TIMEOUT_S, log_path=ARTIFACTS_DIR / "tiny-chain.log")
     seconds = time.monotonic() - started
     if result.returncode != 0:
-        raise AssertionError(f"the tiny chain failed (rc {result.returncode}) after {seconds:.0f}s:\n{tail(result.stdout, 120)}")
+        raise AssertionError(
+            f"the tiny chain failed (rc {result.returncode}) after {seconds:.0f}s:\n{tail(result.stdout, 120)}"
+        )
     return TinyChain(dagster_home, artifact_root, QUICK_START_COMMAND, result.stdout, seconds)

@@ -87,7 +87,9 @@ def copy_artifacts(source_root: Path, target_root: Path, assets=DATA_ASSETS, par
 
 
 # -- subprocess environment -------------------------------------------------------------------------------------
-def dagster_env(dagster_home: Path, artifact_root: Path, recipes_dir: Path | None = None, **extra: str) -> dict[str, str]:
+def dagster_env(
+    dagster_home: Path, artifact_root: Path, recipes_dir: Path | None = None, **extra: str
+) -> dict[str, str]:
     """Environment of a CLI or `dg.materialize` subprocess."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("DAGSTER_PIPES_", "PYTEST_"))}
     env.pop("DOGE_RECIPES_DIR", None)
@@ -108,10 +110,22 @@ def dagster_env(dagster_home: Path, artifact_root: Path, recipes_dir: Path | Non
 
 def cli_materialize_command(selection: str, partition: str = "tiny") -> list[str]:
     """`dagster asset materialize -m doge_dagster.definitions --select SEL --partition P`."""
-    return [str(DAGSTER_BIN), "asset", "materialize", "-m", "doge_dagster.definitions", "--select", selection, "--partition", partition]
+    return [
+        str(DAGSTER_BIN),
+        "asset",
+        "materialize",
+        "-m",
+        "doge_dagster.definitions",
+        "--select",
+        selection,
+        "--partition",
+        partition,
+    ]
 
 
-def run_cli_materialize(selection: str, env: dict[str, str], timeout: float, log_path: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli_materialize(
+    selection: str, env: dict[str, str], timeout: float, log_path: Path | None = None
+) -> subprocess.CompletedProcess:
     """Run the CLI materialization in its own process group; kill the whole group on timeout."""
     process = subprocess.Popen(
         cli_materialize_command(selection), cwd=PROJECT_ROOT, env=env, start_new_session=True,
@@ -124,7 +138,9 @@ def run_cli_materialize(selection: str, env: dict[str, str], timeout: float, log
         output, _ = process.communicate()
         if log_path:
             log_path.write_text(output)
-        raise AssertionError(f"`dagster asset materialize --select {selection}` timed out after {timeout}s:\n{tail(output)}") from None
+        raise AssertionError(
+            f"`dagster asset materialize --select {selection}` timed out after {timeout}s:\n{tail(output)}"
+        ) from None
     if log_path:
         log_path.write_text(output)
     return subprocess.CompletedProcess(process.args, process.returncode, output, "")
@@ -214,19 +230,27 @@ MATERIALIZE_SCRIPT = textwrap.dedent(
 )
 
 
-def dg_materialize(selection: str, env: dict[str, str], timeout: float = 180, partition: str = "tiny") -> dict[str, Any]:
+def dg_materialize(
+    selection: str, env: dict[str, str], timeout: float = 180, partition: str = "tiny"
+) -> dict[str, Any]:
     """`dg.materialize` of `selection` in a subprocess (fresh imports, so DOGE_RECIPES_DIR applies).
 
     Returns `success`, step `failures` (error text and `dg.Failure` description), the number of
     `PipesSubprocessClient.run` launches, and the event messages.
     """
+    process = subprocess.Popen(
+        [sys.executable, "-c", MATERIALIZE_SCRIPT, selection, partition], cwd=PROJECT_ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
     try:
-        completed = subprocess.run(
-            [sys.executable, "-c", MATERIALIZE_SCRIPT, selection, partition], cwd=PROJECT_ROOT, env=env,
-            capture_output=True, text=True, timeout=timeout, start_new_session=True,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired as error:
-        raise AssertionError(f"dg.materialize({selection!r}) timed out after {timeout}s:\n{tail(str(error.stdout))}") from None
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(process.pid)
+        stdout, _ = process.communicate()
+        raise AssertionError(f"dg.materialize({selection!r}) timed out after {timeout}s:\n{tail(stdout)}") from None
+    completed = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT-JSON ")]
-    assert lines, f"dg.materialize({selection!r}) printed no result (rc {completed.returncode}):\n{tail(completed.stdout)}\n{tail(completed.stderr)}"
+    assert lines, (
+        f"dg.materialize({selection!r}) printed no result (rc {completed.returncode}):\n{tail(completed.stdout)}\n{tail(completed.stderr)}"
+    )
     return json.loads(lines[-1].removeprefix("RESULT-JSON "))

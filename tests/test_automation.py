@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import dagster as dg
 import pytest
 import yaml
-
-import jobs.automation as automation
 from dagster_dev import start_dagster_dev
+from helpers import tiny_raw
+
 from doge_dagster.artifacts import ArtifactStore
 from doge_dagster.plan import TRAINING_ASSETS
 from doge_dagster.recipes import OVERRIDE_TAG_PREFIX, overrides_from_tags
-from helpers import tiny_raw
+from jobs import automation
 from resources.artifact_store import ArtifactStoreResource
 
 INIT_FROM_TAG = f"{OVERRIDE_TAG_PREFIX}stages.pretrain.init_from"
@@ -105,7 +104,10 @@ def test_source_sensor_requests_a_data_run_only_after_a_source_changes(local_sou
     assert json.loads(unchanged.cursor) == cursor
 
     with (local_source_recipes / "train.jsonl").open("a") as handle:  # new data in the local source
-        handle.write(json.dumps({"messages": [{"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6"}]}) + "\n")
+        handle.write(
+            json.dumps({"messages": [{"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6"}]})
+            + "\n"
+        )
     changed = evaluate(unchanged.cursor)
     assert [request.partition_key for request in changed.run_requests] == ["tiny"]
     new_cursor = json.loads(changed.cursor)
@@ -178,7 +180,9 @@ def test_retrain_schedule_ticks_through_the_dagster_dev_daemon(tmp_path):
     extra = {"DOGE_RETRAIN_CRON": "* * * * *", "DOGE_RETRAIN_PARTITIONS": "tiny"}
     with start_dagster_dev(tmp_path / "dev", artifact_root=artifacts, extra_env=extra) as server:
         started = server.set_schedule_running("retrain_schedule", True)
-        assert started["__typename"] == "ScheduleStateResult" and started["scheduleState"]["status"] == "RUNNING", started
+        assert started["__typename"] == "ScheduleStateResult" and started["scheduleState"]["status"] == "RUNNING", (
+            started
+        )
         run, ticks = None, []
         try:
             deadline = time.monotonic() + 170  # the next minute boundary, plus the daemon's loop

@@ -19,13 +19,12 @@ import textwrap
 import time
 
 import pytest
-
 from dagster_dev import (
     ARTIFACTS_DIR,
+    CHAIN_TEST_TIMEOUT_S,
     DAGSTER,
     DG,
     DOGE_DAGSTER,
-    CHAIN_TEST_TIMEOUT_S,
     QUICK_START_COMMAND,
     VENV_BIN,
     cli_env,
@@ -87,7 +86,9 @@ def test_quick_start_again_reports_every_asset_cached(tiny_chain):
 @pytest.mark.timeout(CHAIN_TEST_TIMEOUT_S)
 def test_readme_cli_block_data_assets_then_one_model(tiny_chain):
     env = tiny_chain.env()
-    data = run_command(materialize_command(",".join(DATA_ASSETS)), env, 600, log_path=ARTIFACTS_DIR / "cli-data-assets.log")
+    data = run_command(
+        materialize_command(",".join(DATA_ASSETS)), env, 600, log_path=ARTIFACTS_DIR / "cli-data-assets.log"
+    )
     assert_ok(data, "the README's data-assets command")
     model = run_command(materialize_command("doge_base"), env, 600, log_path=ARTIFACTS_DIR / "cli-doge-base.log")
     assert_ok(model, "the README's one-model command")
@@ -121,7 +122,16 @@ def test_dg_list_defs_lists_every_asset_job_schedule_and_sensor(tmp_path):
     listed = set(re.findall(r"[A-Za-z0-9_]+", result.stdout))
     missing = [key for key in code_location_assets()["all"] if key not in listed]
     assert not missing, f"`dg list defs` does not list {missing}:\n{result.stdout[-4000:]}"
-    for name in ("full_pipeline", "data", "pretrain", "instruct", "reason", "retrain_schedule", "source_data_sensor", "run_failure_summary"):
+    for name in (
+        "full_pipeline",
+        "data",
+        "pretrain",
+        "instruct",
+        "reason",
+        "retrain_schedule",
+        "source_data_sensor",
+        "run_failure_summary",
+    ):
         assert name in listed, f"{name} not listed"
 
 
@@ -152,7 +162,10 @@ def test_job_launch_queues_a_run_that_the_daemon_starts(tiny_chain, tmp_path):
     # A home of its own (so only this run is in it) on the chain's store (so the data job is all cached).
     env = tiny_chain.env(dagster_home=tmp_path / "home")
     launch = run_command(
-        [DAGSTER, "job", "launch", *DEFS, "-j", "data", "--tags", TAGS_TINY], env, 300, log_path=ARTIFACTS_DIR / "cli-job-launch.log"
+        [DAGSTER, "job", "launch", *DEFS, "-j", "data", "--tags", TAGS_TINY],
+        env,
+        300,
+        log_path=ARTIFACTS_DIR / "cli-job-launch.log",
     )
     assert_ok(launch, "`dagster job launch`")
     (queued,) = instance_runs(env)
@@ -170,12 +183,16 @@ def test_job_launch_queues_a_run_that_the_daemon_starts(tiny_chain, tmp_path):
         while time.monotonic() < deadline and status not in ("SUCCESS", "FAILURE", "CANCELED"):
             time.sleep(3)
             status = next(run for run in instance_runs(env) if run["run_id"] == queued["run_id"])["status"]
-            assert daemon.poll() is None, f"dagster-daemon exited: {(ARTIFACTS_DIR / 'cli-dagster-daemon.log').read_text()[-3000:]}"
+            assert daemon.poll() is None, (
+                f"dagster-daemon exited: {(ARTIFACTS_DIR / 'cli-dagster-daemon.log').read_text()[-3000:]}"
+            )
     finally:
         kill_group(daemon.pid)
         kill_processes_with_env(f"DAGSTER_HOME={tmp_path / 'home'}")
         log.close()
-    assert status == "SUCCESS", f"the queued run ended {status}\n{(ARTIFACTS_DIR / 'cli-dagster-daemon.log').read_text()[-3000:]}"
+    assert status == "SUCCESS", (
+        f"the queued run ended {status}\n{(ARTIFACTS_DIR / 'cli-dagster-daemon.log').read_text()[-3000:]}"
+    )
     latest = latest_materializations(env, DATA_ASSETS)
     assert {entry["run_id"] for entry in latest.values()} == {queued["run_id"]}
     assert all(entry["cached"] is True for entry in latest.values())
@@ -186,7 +203,10 @@ def test_job_launch_queues_a_run_that_the_daemon_starts(tiny_chain, tmp_path):
 def test_job_execute_runs_the_data_job_without_a_daemon(tiny_chain, tmp_path):
     env = tiny_chain.env(dagster_home=tmp_path / "home")
     result = run_command(
-        [DAGSTER, "job", "execute", *DEFS, "-j", "data", "--tags", TAGS_TINY], env, 600, log_path=ARTIFACTS_DIR / "cli-job-execute.log"
+        [DAGSTER, "job", "execute", *DEFS, "-j", "data", "--tags", TAGS_TINY],
+        env,
+        600,
+        log_path=ARTIFACTS_DIR / "cli-job-execute.log",
     )
     assert_ok(result, "`dagster job execute`")
     (run,) = instance_runs(env)
@@ -201,7 +221,15 @@ def lineage(env, *args: str) -> str:
     return result.stdout
 
 
-LINEAGE_CHAIN = ["tokenizer", "pretrain_mixture", "doge_base", "sft_mixture", "doge_instruct_sft", "dpo_mixture", "doge_instruct"]
+LINEAGE_CHAIN = [
+    "tokenizer",
+    "pretrain_mixture",
+    "doge_base",
+    "sft_mixture",
+    "doge_instruct_sft",
+    "dpo_mixture",
+    "doge_instruct",
+]
 
 
 def node_lines(output: str) -> dict[str, str]:

@@ -231,7 +231,7 @@ def test_reevaluating_a_changed_model_gives_fresh_scores(tmp_path):
     work = tmp_path / "work"
 
     def logprobs(outcome):
-        return [row["logprobs"] for row in outcome.details["custom|arithmetic_mc|0"]]
+        return [value for row in outcome.details["custom|arithmetic_mc|0"] for value in row["logprobs"]]
 
     first = evaluate(model_dir, work, settings)
     tiny_model(model_dir, seed=2)  # retrained in place: same path, same config, new weights

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from dagster_dev import start_dagster_dev
 from helpers import DATA_ASSETS, published_versions
 
@@ -24,7 +23,9 @@ def test_submit_the_data_job_for_tiny_and_poll_it_to_success(tmp_path):
             if status in ("SUCCESS", "FAILURE", "CANCELED"):
                 break
             time.sleep(2)
-        assert statuses[-1] == "SUCCESS", f"run {run_id}: {statuses}\n{server.run_failure_text(run_id)}\n{server.log_tail()}"
+        assert statuses[-1] == "SUCCESS", (
+            f"run {run_id}: {statuses}\n{server.run_failure_text(run_id)}\n{server.log_tail()}"
+        )
         (run,) = server.runs({"dagster/partition": "tiny"})
         assert run["runId"] == run_id and run["jobName"] == "data"
         for asset in DATA_ASSETS:  # every data asset built into this server's store

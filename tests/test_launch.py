@@ -51,9 +51,15 @@ def test_multi_process_config_without_a_process_count_is_rejected():
         validate_stage("pretrain", recipe)
     message = str(raised.value)
     assert "stages.pretrain.launch.num_processes" in message and "'cpu_ddp' declares 2 processes" in message, message
-    validate_stage("pretrain", tiny_recipe({"stages.pretrain.launch": {"accelerate_config": "cpu_ddp", "num_processes": 2}}))
-    validate_stage("pretrain", tiny_recipe({"stages.pretrain.launch": {"accelerate_config": "cpu_ddp", "num_processes": 1}}))
-    validate_stage("pretrain", tiny_recipe({"stages.pretrain.launch": {"accelerate_config": "ddp", "gpus_per_node": 4}}))
+    validate_stage(
+        "pretrain", tiny_recipe({"stages.pretrain.launch": {"accelerate_config": "cpu_ddp", "num_processes": 2}})
+    )
+    validate_stage(
+        "pretrain", tiny_recipe({"stages.pretrain.launch": {"accelerate_config": "cpu_ddp", "num_processes": 1}})
+    )
+    validate_stage(
+        "pretrain", tiny_recipe({"stages.pretrain.launch": {"accelerate_config": "ddp", "gpus_per_node": 4}})
+    )
     validate_stage("pretrain", tiny_recipe({"stages.pretrain.launch.accelerate_config": "cpu_zero2"}))  # one process
 
 
@@ -173,7 +179,9 @@ def test_commands_parse_with_the_accelerate_launch_parser():
 
     parser = launch_command_parser()
     single = accelerate_command("grpo", "s.json", LaunchRecipe(accelerate_config="cpu_ddp", num_processes=2))
-    multi = accelerate_command("dpo", "s.json", LaunchRecipe(accelerate_config="ddp", nodes=2, gpus_per_node=4), "1", "10.0.0.1")
+    multi = accelerate_command(
+        "dpo", "s.json", LaunchRecipe(accelerate_config="ddp", nodes=2, gpus_per_node=4), "1", "10.0.0.1"
+    )
     args = parser.parse_args(single[3:])
     assert (args.num_processes, args.num_machines, args.module) == (2, 1, True)
     assert (args.training_script, args.training_script_args) == ("doge_dagster.training", ["grpo", "--spec", "s.json"])

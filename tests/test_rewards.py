@@ -40,11 +40,15 @@ def test_correct_answer_scores_one(wrap, completion, gold):
     ],
 )
 def test_wrong_or_missing_answer_scores_zero(wrap, completion, gold):
-    assert accuracy_reward([wrap(completion)], answer=[gold]) == [0.0], f"{completion!r} must not verify against {gold!r}"
+    assert accuracy_reward([wrap(completion)], answer=[gold]) == [0.0], (
+        f"{completion!r} must not verify against {gold!r}"
+    )
 
 
 @pytest.mark.parametrize("gold", ["abc", "", "   "])
-@pytest.mark.parametrize("completion", ["<think>x</think> abc", "<think>x</think> 7", "", "abc", chat("<think>x</think> abc")])
+@pytest.mark.parametrize(
+    "completion", ["<think>x</think> abc", "<think>x</think> 7", "", "abc", chat("<think>x</think> abc")]
+)
 def test_unparseable_gold_never_scores_one(gold, completion):
     assert accuracy_reward([completion], answer=[gold]) == [0.0], (
         f"gold {gold!r} does not parse: {completion!r} must score 0.0, never 1.0"
@@ -86,7 +90,11 @@ def test_format_reward(wrap, completion, expected):
 
 
 def test_format_reward_scores_a_batch_and_ignores_columns():
-    assert format_reward(["<think>a</think> 1", "1", chat("<think>b</think> 2")], answer=["1", "1", "2"]) == [1.0, 0.0, 1.0]
+    assert format_reward(["<think>a</think> 1", "1", chat("<think>b</think> 2")], answer=["1", "1", "2"]) == [
+        1.0,
+        0.0,
+        1.0,
+    ]
 
 
 # -- helpers and registry ---------------------------------------------------------------------------------------

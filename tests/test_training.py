@@ -78,7 +78,11 @@ def latest_run_logs(home: Path, step: str) -> list[str]:
     """User log messages of `step` in the newest run of the instance at `home`."""
     with instance_at(home) as instance:
         run = instance.get_runs(limit=1)[0]
-        return [entry.user_message for entry in instance.all_logs(run.run_id) if entry.step_key == step and not entry.is_dagster_event]
+        return [
+            entry.user_message
+            for entry in instance.all_logs(run.run_id)
+            if entry.step_key == step and not entry.is_dagster_event
+        ]
 
 
 def latest_materialization(home: Path, asset: str):
@@ -135,8 +139,16 @@ def tiny_chain(data_root, tmp_path_factory):
     assert_success(completed, "materializing the tiny chain")
     versions = {asset: planned_version(asset, CHAIN_EDITS) for asset in MODEL_ASSETS}
     for asset, version in versions.items():
-        assert published_versions(data_root, asset) == [version], f"{asset}: expected exactly version {version} published"
-    return {"root": data_root, "home": base / "dagster-home", "env": env, "versions": versions, "seconds": time.monotonic() - started}
+        assert published_versions(data_root, asset) == [version], (
+            f"{asset}: expected exactly version {version} published"
+        )
+    return {
+        "root": data_root,
+        "home": base / "dagster-home",
+        "env": env,
+        "versions": versions,
+        "seconds": time.monotonic() - started,
+    }
 
 
 # -- a. bad launch input fails before launch --------------------------------------------------------------------
@@ -234,7 +246,9 @@ def test_pretraining_under_two_process_ddp(data_root, tmp_path):
     assert materialized["world_size"] == 2
 
     messages = latest_run_logs(home, "doge_base")
-    progress = collections.Counter(int(m[1]) for line in messages if (m := re.match(rf"step (\d+)/{steps} \| loss ", line)))
+    progress = collections.Counter(
+        int(m[1]) for line in messages if (m := re.match(rf"step (\d+)/{steps} \| loss ", line))
+    )
     assert progress == {step: 1 for step in range(1, steps + 1)}, (
         f"each step's progress line must appear exactly once (rank 0 only); counts: {dict(progress)}"
     )
@@ -248,9 +262,16 @@ def test_pretraining_under_deepspeed_zero2_on_cpu(data_root, tmp_path, torch_ext
     edits = {**short_schedule(steps, 2), "stages.pretrain.launch.accelerate_config": "cpu_zero2"}
     root = fresh_root(data_root, tmp_path)
     home = tmp_path / "home"
-    env = dagster_env(home, root, write_tiny_recipe(tmp_path / "recipes", edits), TORCH_EXTENSIONS_DIR=str(torch_extensions_dir))
+    env = dagster_env(
+        home, root, write_tiny_recipe(tmp_path / "recipes", edits), TORCH_EXTENSIONS_DIR=str(torch_extensions_dir)
+    )
     completed = run_cli_materialize("doge_base", env, timeout=800, log_path=tmp_path / "zero2.log")
     assert_success(completed, "doge_base under cpu_zero2")
+    launch_lines = [line for line in completed.stdout.splitlines() if "launching: " in line]
+    assert len(launch_lines) == 1 and "cpu_zero2.yaml" in launch_lines[0], launch_lines
+    assert any("deepspeed" in line.lower() for line in completed.stdout.splitlines() if "launching: " not in line), (
+        "no sign of DeepSpeed in the training output:\n" + tail(completed.stdout)
+    )
     [version] = published_versions(root, "doge_base")
     metadata = read_manifest(root, "doge_base", version)["metadata"]
     assert metadata["global_step"] == steps
@@ -292,19 +313,26 @@ def test_every_chain_model_loads_generates_and_documents_its_lineage(tiny_chain)
         card = (folder / "README.md").read_text()
         assert manifest["upstream"], asset
         for upstream, upstream_version in manifest["upstream"].items():
-            assert f"`{upstream}`: `{upstream_version}`" in card, f"{asset} model card does not name {upstream} {upstream_version}"
+            assert f"`{upstream}`: `{upstream_version}`" in card, (
+                f"{asset} model card does not name {upstream} {upstream_version}"
+            )
         assert versions[asset] in card
 
         if asset in CHAT_MODELS:
             assert tokenizer.chat_template, f"{asset}: tokenizer has no chat template"
             inputs = tokenizer.apply_chat_template(
-                [{"role": "user", "content": "What is 3 + 4?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+                [{"role": "user", "content": "What is 3 + 4?"}],
+                add_generation_prompt=True,
+                return_tensors="pt",
+                return_dict=True,
             )
             with torch.no_grad():
                 output = model.generate(**inputs, max_new_tokens=24, do_sample=False)
             reply = tokenizer.decode(output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
             assert reply.strip(), f"{asset} gave an empty chat reply"
-            assert tokenizer.convert_tokens_to_ids("<|im_end|>") in end_ids, f"{asset}: a chat turn end must stop generation"
+            assert tokenizer.convert_tokens_to_ids("<|im_end|>") in end_ids, (
+                f"{asset}: a chat turn end must stop generation"
+            )
 
 
 @pytest.mark.slow
@@ -312,7 +340,10 @@ def test_every_chain_model_loads_generates_and_documents_its_lineage(tiny_chain)
 def test_rematerializing_the_chain_is_a_cached_skip(tiny_chain):
     before = {asset: latest_materialization(tiny_chain["home"], asset) for asset in MODEL_ASSETS}
     assert all(metadata["cached"] is False for _, metadata in before.values()), "the first materialization trained"
-    mtimes = {asset: sorted(p.stat().st_mtime_ns for p in (tiny_chain["root"] / asset).rglob("*") if p.is_file()) for asset in MODEL_ASSETS}
+    mtimes = {
+        asset: sorted(p.stat().st_mtime_ns for p in (tiny_chain["root"] / asset).rglob("*") if p.is_file())
+        for asset in MODEL_ASSETS
+    }
 
     completed = run_cli_materialize(",".join(MODEL_ASSETS), tiny_chain["env"], timeout=600)
     assert_success(completed, "re-materializing the tiny chain")

@@ -19,10 +19,18 @@ import textwrap
 import time
 
 import pytest
-
-from dagster_dev import ARTIFACTS_DIR, CHAIN_TEST_TIMEOUT_S, CHAIN_TIMEOUT_S, DAGSTER, code_location_assets, latest_materializations, run_command, start_dagster_dev
-from helpers import PROJECT_ROOT, planned_version, published_versions, tail, tiny_raw
 import yaml
+from dagster_dev import (
+    ARTIFACTS_DIR,
+    CHAIN_TEST_TIMEOUT_S,
+    CHAIN_TIMEOUT_S,
+    DAGSTER,
+    code_location_assets,
+    latest_materializations,
+    run_command,
+    start_dagster_dev,
+)
+from helpers import PROJECT_ROOT, planned_version, published_versions, tail, tiny_raw
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(CHAIN_TEST_TIMEOUT_S)]
 
@@ -109,10 +117,14 @@ def test_editing_the_sft_section_makes_exactly_sft_and_its_downstream_stale(edit
     statuses = stale_status(edited["env"])
     assert stale_assets(statuses) == expected, json.dumps(statuses, indent=1)
     assert statuses[EDITED_ASSET]["status"] == "STALE"
-    assert any(cause["category"] == "CODE" and cause["key"] == EDITED_ASSET for cause in statuses[EDITED_ASSET]["causes"]), statuses[EDITED_ASSET]
+    assert any(
+        cause["category"] == "CODE" and cause["key"] == EDITED_ASSET for cause in statuses[EDITED_ASSET]["causes"]
+    ), statuses[EDITED_ASSET]
     for asset in expected - {EDITED_ASSET}:  # stale because of an upstream, not their own code
         assert statuses[asset]["status"] == "STALE"
-        assert all(cause["category"] != "CODE" or cause["key"] != asset for cause in statuses[asset]["causes"]), statuses[asset]
+        assert all(cause["category"] != "CODE" or cause["key"] != asset for cause in statuses[asset]["causes"]), (
+            statuses[asset]
+        )
 
 
 @pytest.mark.slow
@@ -121,7 +133,9 @@ def test_the_ui_graphql_api_shows_the_same_unsynced_assets(edited, tiny_chain, t
     work = tmp_path / "dev"
     home = tmp_path / "home"  # the server writes to its home (daemon heartbeats): a copy of the copy
     shutil.copytree(edited["home"], home)
-    with start_dagster_dev(work, artifact_root=tiny_chain.artifact_root, dagster_home=home, recipes_dir=edited["recipes"]) as server:
+    with start_dagster_dev(
+        work, artifact_root=tiny_chain.artifact_root, dagster_home=home, recipes_dir=edited["recipes"]
+    ) as server:
         nodes = server.stale_status("tiny")
     materializable = {asset: info for asset, info in nodes.items() if info["materializable"]}
     stale = {asset for asset, info in materializable.items() if info["status"] != "FRESH"}
@@ -151,7 +165,9 @@ def test_rerunning_full_pipeline_recomputes_only_the_unsynced_stages(edited, tin
     # The new versions are what the edited recipe plans; the old ones stay published beside them.
     for asset in ("doge_instruct_sft", "doge_reason"):
         assert latest[asset]["version"] == planned_version(asset, EDIT) != planned_version(asset)
-        assert {planned_version(asset), planned_version(asset, EDIT)} <= set(published_versions(tiny_chain.artifact_root, asset))
+        assert {planned_version(asset), planned_version(asset, EDIT)} <= set(
+            published_versions(tiny_chain.artifact_root, asset)
+        )
     assert latest["doge_base"]["version"] == planned_version("doge_base")
     # ... and now nothing is stale any more.
     statuses = stale_status(env)

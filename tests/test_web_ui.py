@@ -9,6 +9,7 @@ ratios). Screenshots of every step land in `test-artifacts/web-ui/` (gitignored)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -16,12 +17,21 @@ import time
 from pathlib import Path
 
 import pytest
-
 from dagster_dev import ARTIFACTS_DIR, DagsterDev, code_location_assets, start_dagster_dev
 from helpers import planned_version, tiny_raw
 
+sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (the test extra)")
+PlaywrightTimeoutError = sync_api.TimeoutError
+
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 PARTITIONS = ["tiny", "20M", "60M", "160M", "320M"]
 SHOTS = ARTIFACTS_DIR / "web-ui"
 EXPECTED_ASSETS = {
@@ -78,7 +88,9 @@ def graph_nodes_and_edges(page, names: set[str]) -> tuple[dict[str, dict], set[t
     for d in drawn["edges"]:
         numbers = [float(value) for value in re.findall(r"-?\d+(?:\.\d+)?", d)]
         (x0, y0), (x1, y1) = numbers[:2], numbers[-2:]
-        source = [name for name, n in nodes.items() if abs(n["x"] + n["w"] - x0) < 12 and n["y"] <= y0 <= n["y"] + n["h"]]
+        source = [
+            name for name, n in nodes.items() if abs(n["x"] + n["w"] - x0) < 12 and n["y"] <= y0 <= n["y"] + n["h"]
+        ]
         target = [name for name, n in nodes.items() if abs(n["x"] - x1) < 12 and n["y"] <= y1 <= n["y"] + n["h"]]
         edges.add((source[0] if len(source) == 1 else f"?{x0},{y0}", target[0] if len(target) == 1 else f"?{x1},{y1}"))
     return nodes, edges
@@ -130,22 +142,37 @@ def wait_for_run_success_in_ui(page, server: DagsterDev, run_id: str, name: str)
     shot(page, f"{name}-3-run-success")
 
 
-def metadata_value(page, key: str) -> str:
-    """The Value cell of the metadata table's row `key` on an asset's Overview."""
-    row = page.locator("tr", has=page.locator(f"td:first-child:text-is('{key}')"))
-    row.first.wait_for(timeout=UI_TIMEOUT_MS)
-    return row.first.locator("td").last.inner_text().strip()
+METADATA_JS = """
+() => {
+  const out = {};
+  for (const tr of document.querySelectorAll('tr')) {
+    const cells = tr.querySelectorAll(':scope > td');
+    if (cells.length >= 2) out[cells[0].innerText.trim()] = cells[cells.length - 1].innerText.trim();
+  }
+  return out;
+}
+"""
 
 
-def open_asset_overview(page, server: DagsterDev, asset: str) -> None:
+def asset_metadata(page, server: DagsterDev, asset: str, keys: tuple[str, ...]) -> dict[str, str]:
+    """Open the asset's Overview and read its metadata table (Key / Timestamp / Value) once `keys` are shown."""
     page.goto(f"{server.base_url}/assets/{asset}", wait_until="domcontentloaded")
     page.get_by_text("Latest materialization").first.wait_for(timeout=UI_TIMEOUT_MS)
-    page.locator("td:first-child:text-is('version')").first.wait_for(timeout=UI_TIMEOUT_MS)
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    table = {}
+    while time.monotonic() < deadline:
+        table = page.evaluate(METADATA_JS)
+        if all(key in table for key in keys):
+            with contextlib.suppress(PlaywrightTimeoutError):  # let the status panel finish loading for the screenshot
+                page.get_by_text(re.compile(r"\b(seconds?|minutes?) ago")).first.wait_for(timeout=10_000)
+            return table
+        time.sleep(1)
+    raise AssertionError(
+        f"{asset}'s page shows no metadata {[key for key in keys if key not in table]}; it shows {sorted(table)}"
+    )
 
 
 def test_lineage_partitions_and_materializing_from_the_ui(tmp_path):
-    from playwright.sync_api import sync_playwright
-
     shutil.rmtree(SHOTS, ignore_errors=True)
     SHOTS.mkdir(parents=True)
     location = code_location_assets()
@@ -153,7 +180,7 @@ def test_lineage_partitions_and_materializing_from_the_ui(tmp_path):
     assert EXPECTED_ASSETS | {"source_fineweb_edu", "source_smoltalk"} <= names
     dependencies = {(parent, child) for child, parents in location["parents"].items() for parent in parents}
 
-    with start_dagster_dev(tmp_path / "web-ui") as server, sync_playwright() as playwright:
+    with start_dagster_dev(tmp_path / "web-ui") as server, sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             # A tall viewport: the whole graph fits at a zoom that draws full asset nodes with their names.
@@ -195,23 +222,23 @@ def test_lineage_partitions_and_materializing_from_the_ui(tmp_path):
             # 3. Materialize the tokenizer for tiny from the UI, wait, read its metadata.
             run_id = launch_materialization(page, server, "tokenizer", "tiny")
             wait_for_run_success_in_ui(page, server, run_id, "tokenizer")
-            open_asset_overview(page, server, "tokenizer")
-            assert metadata_value(page, "version") == planned_version("tokenizer")
-            assert metadata_value(page, "cached") == "false"
-            assert int(metadata_value(page, "vocab_size")) > 100
+            table = asset_metadata(page, server, "tokenizer", ("version", "cached", "vocab_size"))
+            assert table["version"] == planned_version("tokenizer")
+            assert table["cached"] == "false"
+            assert int(table["vocab_size"]) > 100
             shot(page, "tokenizer-4-asset-metadata", full_page=True)
 
             # 4. The pretraining mixture: its page shows the realised ratios.
             run_id = launch_materialization(page, server, "pretrain_mixture", "tiny")
             wait_for_run_success_in_ui(page, server, run_id, "pretrain_mixture")
-            open_asset_overview(page, server, "pretrain_mixture")
-            assert metadata_value(page, "version") == planned_version("pretrain_mixture")
-            realised = json.loads(metadata_value(page, "realised_ratios"))
+            table = asset_metadata(page, server, "pretrain_mixture", ("version", "realised_ratios"))
+            assert table["version"] == planned_version("pretrain_mixture")
+            realised = json.loads(table["realised_ratios"])
             requested = {source["dataset"]: source["ratio"] for source in tiny_raw()["mixtures"]["pretrain"]["sources"]}
             assert set(realised) == set(requested), realised
             for dataset, ratio in requested.items():
                 assert abs(realised[dataset] - ratio) < 0.02, (dataset, realised[dataset], ratio)
-                assert abs(float(metadata_value(page, f"ratio/{dataset}")) - realised[dataset]) < 1e-6
+                assert abs(float(table[f"ratio/{dataset}"]) - realised[dataset]) < 1e-6
             page.get_by_text("realised_ratios", exact=True).first.scroll_into_view_if_needed()
             shot(page, "pretrain_mixture-4-asset-metadata", full_page=True)
 

@@ -21,7 +21,7 @@ from doge_dagster.data.registry import dataset_spec
 if TYPE_CHECKING:
     import pyarrow as pa
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2-dev2"
 
 NAMES = ("Tom", "Mia", "Sam", "Lily", "Ben", "Ava", "Max", "Zoe", "Leo", "Emma", "Noah", "Ruby")
 SINGULAR = {"apples": "apple", "stones": "stone", "books": "book", "shells": "shell", "coins": "coin",
@@ -43,12 +43,15 @@ SCIENCE_FACTS = (
     "Ice is lighter than water, so it floats.", "Sound travels through air as a wave.",
     "Bees carry pollen from flower to flower.", "Rain falls when tiny drops in a cloud join together.",
 )
+# Most sentences state the fact in the exact form the chat answers use ("a + b = c."), and the question-then-
+# equation form mirrors an SFT turn, so pretraining already teaches the answers the later stages ask for.
 ARITHMETIC_PROSE = {
     "+": ("{name} has {a_things} and finds {b} more, so {name} has {a} + {b} = {c_things}.",
           "If you add {a} and {b}, you get {c}, because {a} + {b} = {c}.", "We know that {a} + {b} = {c}.",
-          "Putting {a_things} next to {b_things} makes {c_things} in all."),
+          "What is {a} + {b}? {a} + {b} = {c}.", "What is {a} + {b}? {a} + {b} = {c}.", "{a} + {b} = {c}."),
     "-": ("{name} has {a_things} and gives away {b}, so {name} has {a} - {b} = {c_things} left.",
-          "Taking {b} away from {a} leaves {c}, because {a} - {b} = {c}.", "We know that {a} - {b} = {c}."),
+          "Taking {b} away from {a} leaves {c}, because {a} - {b} = {c}.", "We know that {a} - {b} = {c}.",
+          "What is {a} - {b}? {a} - {b} = {c}.", "What is {a} - {b}? {a} - {b} = {c}.", "{a} - {b} = {c}."),
 }
 COUNTING_PROSE = ("Counting up from {n} we say {n}, {n1}, {n2}, {n3}.", "{n} is an {parity} number.",
                   "The number after {n} is {n1}, and the number before {n} is {n0}.")
@@ -98,11 +101,15 @@ SHARD_NAME = re.compile(r"^(?P<split>.+)-\d{5}-of-\d{5}\.parquet$")
 
 
 def _problem(rng: random.Random) -> tuple[int, str, int, int]:
-    """A small sum or difference `(a, op, b, result)` with a non-negative result."""
+    """A small sum or difference `(a, op, b, result)` with a non-negative result.
+
+    One-digit facts dominate (100 sums, 55 differences: a tiny model can learn them all); a few
+    two-digit sums keep the tens-and-ones explanations in the data.
+    """
     roll = rng.random()
-    if roll < 0.85:
+    if roll < 0.92:
         a, b = rng.randrange(10), rng.randrange(10)
-        if roll < 0.55:
+        if roll < 0.5:
             return a, "+", b, a + b
         a, b = max(a, b), min(a, b)
         return a, "-", b, a - b
@@ -145,6 +152,17 @@ def _arithmetic_sentence(rng: random.Random) -> str:
                            b_things=_count(b, things), c_things=_count(c, things))
 
 
+def _drill_sentence(rng: random.Random) -> str:
+    """Three neighbouring facts of one table row, e.g. "3 + 4 = 7. 3 + 5 = 8. 3 + 6 = 9." """
+    a, op = rng.randrange(10), rng.choice("+-")
+    if op == "+":
+        start = rng.randrange(8)
+        return " ".join(_equation(a, op, b, a + b) for b in range(start, start + 3))
+    a = rng.randrange(2, 10)
+    start = rng.randrange(a - 1)
+    return " ".join(_equation(a, op, b, a - b) for b in range(start, start + 3))
+
+
 def _counting_sentence(rng: random.Random) -> str:
     n = rng.randrange(1, 21)
     return rng.choice(COUNTING_PROSE).format(n=n, n0=n - 1, n1=n + 1, n2=n + 2, n3=n + 3,
@@ -166,14 +184,19 @@ TOPICS: dict[str, Callable[[random.Random], str]] = {
 TOPIC_NAMES = tuple(TOPICS)
 # Arithmetic is listed twice so it stays the most frequent kind of sentence in every document.
 SENTENCE_MAKERS = (_arithmetic_sentence, *TOPICS.values())
+ARITHMETIC_SHARE = 0.45  # of the sentences after the opening, whatever the topic (plus on-topic ones)
 
 
 def _document(rng: random.Random, opening: str, topic: str) -> str:
-    """40-200 words: the opening, then sentences half on `topic`, in paragraphs of five sentences."""
+    """40-200 words: the opening, then sentences: arithmetic facts, on `topic`, or any, in paragraphs of five."""
     on_topic, target_words = TOPICS[topic], rng.randrange(45, 170)
     sentences, words = [opening], opening.count(" ") + 1
     while words < target_words:
-        sentence = on_topic(rng) if rng.random() < 0.5 else rng.choice(SENTENCE_MAKERS)(rng)
+        roll = rng.random()
+        if roll < ARITHMETIC_SHARE:
+            sentence = (_drill_sentence if roll < ARITHMETIC_SHARE / 3 else _arithmetic_sentence)(rng)
+        else:
+            sentence = on_topic(rng) if roll < 0.8 else rng.choice(SENTENCE_MAKERS)(rng)
         sentences.append(sentence)
         words += sentence.count(" ") + 1
     return "\n\n".join(" ".join(sentences[i:i + 5]) for i in range(0, len(sentences), 5))
@@ -229,10 +252,10 @@ def _python_edu_row(rng: random.Random, index: int) -> dict:
 
 
 def _finemath_row(rng: random.Random, index: int) -> dict:
-    problems = [_problem(rng) for _ in range(rng.randrange(3, 7))]
-    a, op, b, c = problems[0]
+    problems = [_problem(rng) for _ in range(rng.randrange(2, 4))]
+    practice = [_problem(rng) for _ in range(rng.randrange(3, 7))]
     text = "\n\n".join(["# Adding and subtracting small numbers", *(_worked_steps(*p) for p in problems),
-                        f"Practice: {a} {op} {b} = ? The answer is {c}."])
+                        "Practice:", *(f"What is {a} {op} {b}? {_equation(a, op, b, c)}" for a, op, b, c in practice)])
     return {"url": f"https://{rng.choice(SITES)}/arithmetic/lesson-{index}.html", "text": text,
             "token_count": len(text.split()) * 4 // 3, **_scores(rng, 4.0, 5.0)}
 
@@ -283,10 +306,11 @@ def _openthoughts_row(rng: random.Random, index: int) -> dict:
     a, op, b, c = _problem(rng)
     word_problem = rng.random() < 0.3
     question = _word_problem(rng, a, op, b) if word_problem else _question(rng, a, op, b)
-    reading = "This word problem turns into numbers" if word_problem else "Let me read the question"
-    check_op, check = ("-", c - b) if op == "+" else ("+", c + b)
-    thought = "\n\n".join((f"{reading}: I need to work out {a} {op} {b}.", _worked_steps(a, op, b, c),
-                           f"Let me check: {c} {check_op} {b} = {check}, which matches. The answer is {c}."))
+    reading = "This word problem turns into numbers: I need" if word_problem else "I need"
+    # Short traces (restate, the fact or the tens-and-ones steps, the answer): a tiny model can follow
+    # them, and GRPO's completions stay short.
+    steps = _worked_steps(a, op, b, c) if a >= 10 else _equation(a, op, b, c)
+    thought = "\n\n".join((f"{reading} to work out {a} {op} {b}.", steps, f"The answer is {c}."))
     answer = (f"<|begin_of_thought|>\n\n{thought}\n\n<|end_of_thought|>\n\n"
               f"<|begin_of_solution|>\n\n{_equation(a, op, b, c)}\n\n<|end_of_solution|>")
     return {"system": OPENTHOUGHTS_SYSTEM,

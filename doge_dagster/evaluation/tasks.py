@@ -329,9 +329,10 @@ def arithmetic_rows(num_rows: int = ARITHMETIC_ROWS, seed: int = ARITHMETIC_SEED
     """Held-out arithmetic questions in the form the tiny model is trained on ("What is 3 + 4?").
 
     Drawn from the training problem distribution with a generator of its own (`arithmetic-eval:<seed>`),
-    so the stream differs from every training source; the problem space is small (about 100 one-digit
-    sums and differences), so many questions also occur in training: the tasks measure whether a stage
-    learned the skill and the format, not generalisation. Multiple-choice options are the correct
+    so the question list differs from every training source's. It cannot be disjoint: the problem space
+    is small (about 100 one-digit sums and differences, 85% of the draws, plus two-digit sums), and in
+    practice every problem also occurs somewhere in the generated training text. The tasks measure
+    whether a stage learned the skill and the answer format, not generalisation. Multiple-choice options are the correct
     equation and three with a result off by 1 or 2. `continuation_prefix` goes before every option:
     a space after a plain-text question, nothing after a chat template's assistant header (lighteval
     0.11 tokenizes the options on their own, so a space there would be a token the model never saw).
