@@ -22,7 +22,7 @@ from doge_dagster.recipes import MixtureRecipe, Recipe, parse_recipe
 from doge_dagster.training.reporting import Reporter, global_rank, open_reporter, progress_callback
 from doge_dagster.training.spec import StageSpec
 
-STAGE_MODULES = {"pretrain": "pretrain", "sft": "sft", "distill": "sft", "dpo": "dpo", "grpo": "grpo"}
+STAGE_MODULES = {"pretrain": "pretrain", "sft": "sft", "distill": "sft", "dpo": "sft", "grpo": "grpo"}
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 EVAL_ROWS = 256
 CHECK_QUESTION = "What is 3 + 4?"

@@ -1,10 +1,13 @@
-"""Supervised fine-tuning and distillation SFT: TRL `SFTTrainer`, chat template, assistant-only loss."""
+"""The chat stages on TRL: SFT and distillation SFT (`SFTTrainer`, chat template, assistant-only loss)
+and DPO (`DPOTrainer`, sigmoid loss, implicit reference model: a frozen copy of the start model)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from doge_dagster.training.runner import StageContext
+
+TRAINERS = {"sft": "SFTTrainer", "distill": "SFTTrainer", "dpo": "DPOTrainer"}
 
 
 def training_defaults(ctx: StageContext) -> dict[str, Any]:
@@ -13,10 +16,12 @@ def training_defaults(ctx: StageContext) -> dict[str, Any]:
 
 
 def build_trainer(ctx: StageContext, model, args):
-    """`SFTTrainer` on `messages`; reasoning traces stay in the assistant turns as `<think>` blocks."""
-    from trl import SFTTrainer
+    """The stage's TRL trainer on conversational columns (`messages`, or `prompt`/`chosen`/`rejected`);
+    reasoning traces stay in the assistant turns as `<think>` blocks."""
+    import trl
 
-    return SFTTrainer(
+    trainer_class = getattr(trl, TRAINERS[ctx.spec.stage])
+    return trainer_class(
         model=model,
         args=args,
         train_dataset=ctx.data["train"].remove_columns("source"),
