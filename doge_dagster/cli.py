@@ -72,11 +72,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     planned = plan_versions(recipe)
     store = ArtifactStore(args.root)
-    if args.command == "lineage":
-        print("\n".join(lineage_lines(args.asset, args.partition, planned, store)))
-    else:
-        for name, info in planned.items():
-            print(f"{name:<24} {info.version}  [{status(store, name, args.partition, info.version)}]")
+    try:
+        if args.command == "lineage":
+            print("\n".join(lineage_lines(args.asset, args.partition, planned, store)))
+        else:
+            for name, info in planned.items():
+                print(f"{name:<24} {info.version}  [{status(store, name, args.partition, info.version)}]")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader stopped early (`doge-dagster versions ... | head`): not an error. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

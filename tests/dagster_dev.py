@@ -454,7 +454,9 @@ def start_dagster_dev(
         ARTIFACTS_DIR.mkdir(exist_ok=True)
         with contextlib.suppress(OSError):
             shutil.copy(log_path, ARTIFACTS_DIR / f"dagster-dev-{work_dir.name}.log")
-        assert not processes_in_group(process.pid), "dagster dev left processes behind"
+    # Reached only when the body succeeded (a failure keeps its own error): nothing of the server is left.
+    left = processes_in_group(process.pid) + processes_with_env(f"DAGSTER_HOME={dagster_home}")
+    assert not left, f"dagster dev left processes behind: {left}"
 
 
 # -- the tiny chain, materialized once per session -----------------------------------------------------------------
