@@ -99,7 +99,7 @@ def test_legacy_field_names_are_translated_and_then_valid():
 
 
 def test_grpo_generation_batch_not_divisible_is_rejected_with_every_factor():
-    recipe = tiny_recipe({"stages.grpo.training.num_generations": 3})  # 8 x 1 x 1 = 8, not divisible by 3
+    recipe = tiny_recipe({"stages.grpo.training.num_generations": 3, "stages.grpo.training.per_device_train_batch_size": 8})
     with pytest.raises(LaunchError) as raised:
         validate_stage("grpo", recipe)
     message = str(raised.value)
@@ -250,7 +250,7 @@ def test_stage_spec_write_read_roundtrip(tmp_path):
     assert StageSpec.read(path) == spec
     assert StageSpec.read(str(path)) == spec
     raw = json.loads(path.read_text())
-    assert raw["recipe"]["stages"]["sft"]["training"]["max_steps"] == 100
+    assert raw["recipe"]["stages"]["sft"]["training"]["max_steps"] == tiny_recipe().stages.sft.training["max_steps"]
     assert "secret" not in path.read_text().lower()
 
 
