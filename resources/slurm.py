@@ -92,8 +92,9 @@ def render_script(
             main_process_port=settings.main_process_port, python=settings.python, module=module,
         )  # fmt: skip
         inner = " ".join({NODE_RANK: '"$SLURM_NODEID"', MASTER: '"$MASTER"'}.get(arg, quote(arg)) for arg in argv)
+        # `sed -n 1p`, not `head -n1`: head exits early and, under pipefail, scontrol's SIGPIPE fails the job.
         lines += [
-            'MASTER="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"',
+            'MASTER="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)"',
             "export MASTER",
             f"srun --nodes={launch.nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c {quote(inner)}",
         ]
