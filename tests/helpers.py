@@ -94,6 +94,8 @@ def dagster_env(
     env = {key: value for key, value in os.environ.items() if not key.startswith(("DAGSTER_PIPES_", "PYTEST_"))}
     env.pop("DOGE_RECIPES_DIR", None)
     dagster_home.mkdir(parents=True, exist_ok=True)
+    if not (dagster_home / "dagster.yaml").exists():  # telemetry off: nothing may try the network
+        (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env.update(
         DAGSTER_HOME=str(dagster_home),
         DOGE_ARTIFACT_ROOT=str(artifact_root),

@@ -1,8 +1,10 @@
 """Training stages end to end, through the user's paths: `dagster asset materialize` and `dg.materialize`.
 
-Every test runs Dagster in a subprocess (recipes are read from DOGE_RECIPES_DIR at import time), on its
-own artifact root; the data assets are materialized once per session and copied where needed. Edited
-recipes keep the data sections of `tiny`, so the data versions, and the copied artifacts, still match.
+Every test runs Dagster in a subprocess (recipes are read from DOGE_RECIPES_DIR at import time). Tests of
+one stage run on their own artifact root holding a copy of the data assets, materialized once per session
+(edited recipes keep the data sections of `tiny`, so the data versions still match). Tests of the whole
+chain use the session's shared `tiny_chain` (conftest: the README quick-start on the shipped recipe) and
+work on copies of its store and instance when they add runs or artifacts.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import collections
 import json
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from dagster_dev import CHAIN_TEST_TIMEOUT_S
 from helpers import (
     DATA_ASSETS,
     MODEL_ASSETS,
@@ -30,6 +34,7 @@ from helpers import (
     read_manifest,
     run_cli_materialize,
     tail,
+    tiny_recipe,
     write_tiny_recipe,
 )
 
@@ -46,22 +51,6 @@ def short_schedule(steps: int, logging_steps: int, save_steps: int = 1000) -> di
         "stages.pretrain.training.warmup_steps": max(1, steps // 10),
         "stages.pretrain.training.lr_scheduler_kwargs": {"num_decay_steps": max(1, steps // 10), "min_lr_ratio": 0.0},
     }
-
-
-# The whole chain, shorter: every stage still trains, checks and publishes (the shipped step counts only
-# make the models better, and cost minutes on two shared cores).
-CHAIN_EDITS = {
-    **short_schedule(120, 10, 60),
-    "stages.sft.training.max_steps": 30,
-    "stages.sft.training.save_steps": 30,
-    "stages.dpo.training.max_steps": 10,
-    "stages.dpo.training.save_steps": 10,
-    "stages.distill.training.max_steps": 30,
-    "stages.distill.training.save_steps": 30,
-    "stages.grpo.training.max_steps": 4,
-    "stages.grpo.training.logging_steps": 2,
-    "stages.grpo.training.save_steps": 4,
-}
 
 
 def assert_success(completed: subprocess.CompletedProcess, what: str) -> None:
@@ -126,29 +115,6 @@ def fresh_root(data_root: Path, folder: Path) -> Path:
     root = folder / "artifacts"
     copy_artifacts(data_root, root)
     return root
-
-
-@pytest.fixture(scope="session")
-def tiny_chain(data_root, tmp_path_factory):
-    """All five models of the (shortened) tiny chain, materialized through the CLI on the data root."""
-    base = tmp_path_factory.mktemp("chain")
-    recipes = write_tiny_recipe(base / "recipes", CHAIN_EDITS)
-    env = dagster_env(base / "dagster-home", data_root, recipes)
-    started = time.monotonic()
-    completed = run_cli_materialize(",".join(MODEL_ASSETS), env, timeout=1500, log_path=base / "materialize.log")
-    assert_success(completed, "materializing the tiny chain")
-    versions = {asset: planned_version(asset, CHAIN_EDITS) for asset in MODEL_ASSETS}
-    for asset, version in versions.items():
-        assert published_versions(data_root, asset) == [version], (
-            f"{asset}: expected exactly version {version} published"
-        )
-    return {
-        "root": data_root,
-        "home": base / "dagster-home",
-        "env": env,
-        "versions": versions,
-        "seconds": time.monotonic() - started,
-    }
 
 
 # -- a. bad launch input fails before launch --------------------------------------------------------------------
@@ -280,14 +246,26 @@ def test_pretraining_under_deepspeed_zero2_on_cpu(data_root, tmp_path, torch_ext
     assert any(line.startswith(f"step {steps}/{steps}") for line in messages), messages
 
 
-# -- d. the published chain -------------------------------------------------------------------------------------
+# -- d. the published chain (the session's shared `tiny_chain`: the README quick-start, shipped tiny recipe) ---
+def chain_versions(tiny_chain) -> dict[str, str]:
+    """The one published version of every model of the shared chain (the shipped recipe's planned version)."""
+    versions = {}
+    for asset in MODEL_ASSETS:
+        published = published_versions(tiny_chain.artifact_root, asset)
+        assert published == [planned_version(asset)], (
+            f"{asset}: expected exactly the planned version, found {published}"
+        )
+        versions[asset] = published[0]
+    return versions
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(CHAIN_TEST_TIMEOUT_S)
 def test_every_chain_model_loads_generates_and_documents_its_lineage(tiny_chain):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    root, versions = tiny_chain["root"], tiny_chain["versions"]
+    root, versions = tiny_chain.artifact_root, chain_versions(tiny_chain)
     for asset in MODEL_ASSETS:
         folder = root / asset / PARTITION / versions[asset]
         manifest = read_manifest(root, asset, versions[asset])
@@ -296,7 +274,7 @@ def test_every_chain_model_loads_generates_and_documents_its_lineage(tiny_chain)
         config = json.loads((folder / "config.json").read_text())
         assert "auto_map" not in config, f"{asset} would need remote code: {config.get('auto_map')}"
 
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))  # plain Auto classes: no trust_remote_code
         model = AutoModelForCausalLM.from_pretrained(str(folder))
         assert type(model).__name__ == "DogeForCausalLM"
         assert model.config.vocab_size >= len(tokenizer)
@@ -335,43 +313,54 @@ def test_every_chain_model_loads_generates_and_documents_its_lineage(tiny_chain)
             )
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_rematerializing_the_chain_is_a_cached_skip(tiny_chain):
-    before = {asset: latest_materialization(tiny_chain["home"], asset) for asset in MODEL_ASSETS}
-    assert all(metadata["cached"] is False for _, metadata in before.values()), "the first materialization trained"
-    mtimes = {
-        asset: sorted(p.stat().st_mtime_ns for p in (tiny_chain["root"] / asset).rglob("*") if p.is_file())
-        for asset in MODEL_ASSETS
-    }
+def file_times(root: Path, asset: str) -> list[tuple[str, int]]:
+    return sorted((str(p.relative_to(root)), p.stat().st_mtime_ns) for p in (root / asset).rglob("*") if p.is_file())
 
-    completed = run_cli_materialize(",".join(MODEL_ASSETS), tiny_chain["env"], timeout=600)
+
+@pytest.mark.slow
+@pytest.mark.timeout(CHAIN_TEST_TIMEOUT_S + 600)
+def test_rematerializing_the_chain_is_a_cached_skip(tiny_chain, tmp_path):
+    versions = chain_versions(tiny_chain)
+    # copies of the shared instance and store: this test adds runs, and must not touch what others read
+    home = tmp_path / "dagster_home"
+    shutil.copytree(tiny_chain.dagster_home, home)
+    root = tmp_path / "artifacts"
+    copy_artifacts(tiny_chain.artifact_root, root, DATA_ASSETS + MODEL_ASSETS)
+    before = {asset: latest_materialization(home, asset) for asset in MODEL_ASSETS}
+    assert all(metadata["cached"] is False for _, metadata in before.values()), "the chain's first run should train"
+    times = {asset: file_times(root, asset) for asset in MODEL_ASSETS}
+
+    completed = run_cli_materialize(",".join(MODEL_ASSETS), dagster_env(home, root), timeout=600)
     assert_success(completed, "re-materializing the tiny chain")
     assert "launching: " not in completed.stdout, "a cached model was trained again"
     for asset in MODEL_ASSETS:
-        run_id, metadata = latest_materialization(tiny_chain["home"], asset)
+        run_id, metadata = latest_materialization(home, asset)
         assert run_id != before[asset][0], f"{asset} was not materialized again"
         assert metadata["cached"] is True, f"{asset}: second materialization was not a cached skip"
-        assert metadata["version"] == tiny_chain["versions"][asset]
-        assert published_versions(tiny_chain["root"], asset) == [tiny_chain["versions"][asset]]
-        files = sorted(p.stat().st_mtime_ns for p in (tiny_chain["root"] / asset).rglob("*") if p.is_file())
-        assert files == mtimes[asset], f"{asset}: files were rewritten by a cached materialization"
+        assert metadata["version"] == versions[asset]
+        assert published_versions(root, asset) == [versions[asset]]
+        assert file_times(root, asset) == times[asset], f"{asset}: files were rewritten by a cached materialization"
 
 
-# -- a (continued). GRPO batch check needs the chain's distilled model upstream -------------------------------
+# -- a (continued). The GRPO batch check runs once the distilled model upstream exists ------------------------
 @pytest.mark.slow
+@pytest.mark.timeout(CHAIN_TEST_TIMEOUT_S)
 def test_grpo_batch_not_divisible_fails_before_launch(tiny_chain, tmp_path):
-    edits = {**CHAIN_EDITS, "stages.grpo.training.num_generations": 3}
-    root = tiny_chain["root"]
+    per_device = int(tiny_recipe().stages.grpo.training["per_device_train_batch_size"])
+    generations = per_device + 1  # never divides per_device x 1 process x 1 step
+    edits = {"stages.grpo.training.num_generations": generations}
     version = planned_version("doge_reason", edits)
-    assert version != tiny_chain["versions"]["doge_reason"]
+    assert version != planned_version("doge_reason")
+    root = tmp_path / "artifacts"
+    copy_artifacts(tiny_chain.artifact_root, root, ("tokenizer", "grpo_mixture", "doge_reason_distill"))
     recipes = write_tiny_recipe(tmp_path / "recipes", edits)
     result = dg_materialize("doge_reason", dagster_env(tmp_path / "home", root, recipes))
     assert not result["success"]
     [failure] = result["failures"]
     text = failure["description"]
-    assert "stages.grpo" in text and "num_generations (3)" in text and "per_device_train_batch_size (8)" in text, text
-    assert "not divisible" in text, text
+    for part in ("stages.grpo", f"num_generations ({generations})", f"per_device_train_batch_size ({per_device})",
+                 "not divisible"):  # fmt: skip
+        assert part in text, f"{part!r} missing from the failure: {text}\n{failure['error']}"
     assert result["launches"] == 0, "GRPO was launched with an indivisible generation batch"
-    assert not (root / "doge_reason" / PARTITION / version).exists(), "nothing may be published for the bad recipe"
-    assert not (root / "doge_reason" / PARTITION / ".work" / version).exists(), "no launch spec may be written"
+    assert published_versions(root, "doge_reason") == [], "nothing may be published for the bad recipe"
+    assert no_work_started(root, "doge_reason") == [], "no launch spec may be written"
