@@ -42,11 +42,11 @@ def test_lighteval_registry_imports_offline_only_with_the_fixes(tmp_path):
     script = "import sys; from doge_dagster.evaluation import compat; {apply}import lighteval.tasks.registry; print('imported')"
     env = {**os.environ, **OFFLINE}
     fixed = subprocess.run([sys.executable, "-c", script.format(apply="print(compat.apply()); ")], cwd=PROJECT_ROOT, env=env,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+                           capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
     assert fixed.returncode == 0 and "imported" in fixed.stdout, fixed.stderr[-3000:]
     assert "hub_list_models_model_name" in fixed.stdout
     bare = subprocess.run([sys.executable, "-c", script.format(apply="")], cwd=PROJECT_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
     assert bare.returncode != 0, "lighteval's registry imports without the fixes now: remove them from compat.py"
     assert "model_name" in bare.stderr or "ConnectionError" in bare.stderr or "NameResolution" in bare.stderr
 
@@ -76,10 +76,16 @@ def test_every_recipe_task_string_resolves_in_lighteval_registry(tasks, tmp_path
             for task in strings:
                 assert subtasks[task], f"{name} evaluation.{stage}: {task} does not resolve"
                 for full_name in subtasks[task]:
-                    [config] = [c for c in registry.task_to_configs[full_name.rsplit("|", 1)[0]] if c.full_name == full_name]
+                    [config] = [
+                        c for c in registry.task_to_configs[full_name.rsplit("|", 1)[0]] if c.full_name == full_name
+                    ]
                     assert config.hf_repo and config.metrics and config.prompt_function, (name, task)
                 expanded[task] = len(subtasks[task])
-    assert expanded["custom|arc|5|0"] == 2 and expanded["custom|mmlu|5|0"] == 57 and expanded["custom|arithmetic_mc|0|0"] == 1
+    assert (
+        expanded["custom|arc|5|0"] == 2
+        and expanded["custom|mmlu|5|0"] == 57
+        and expanded["custom|arithmetic_mc|0|0"] == 1
+    )
     assert len([task for task in expanded if task.startswith("harness|bbh:")]) == 27
 
 
@@ -89,14 +95,19 @@ def test_seed_supersets_expand_and_real_recipes_keep_the_seed_strings(tasks, tmp
     from doge_dagster.evaluation.runner import resolve_subtasks
 
     strings = ["custom|arc|5|0", "custom|mmlu|0|0", "custom|gpqa:diamond|0|0"]
-    registry = Registry(tasks=",".join(lighteval_task(task) for task in strings), custom_tasks=tasks.tasks_module(tmp_path))
+    registry = Registry(
+        tasks=",".join(lighteval_task(task) for task in strings), custom_tasks=tasks.tasks_module(tmp_path)
+    )
     subtasks = resolve_subtasks(registry, strings)
     assert subtasks["custom|arc|5|0"] == ["custom|arc:challenge|5", "custom|arc:easy|5"]
     assert len(subtasks["custom|mmlu|0|0"]) == 57 and subtasks["custom|gpqa:diamond|0|0"] == ["custom|gpqa:diamond|0"]
     for config in tasks.SEED_TASKS:
         assert "/" in config.hf_repo, f"{config.name}: a real Hub repo"
     recipe = load_recipe("20M")
-    assert "custom|mmlu|5|0" in recipe.evaluation.base.tasks and "custom|gpqa:diamond|0|0" in recipe.evaluation.reason.tasks
+    assert (
+        "custom|mmlu|5|0" in recipe.evaluation.base.tasks
+        and "custom|gpqa:diamond|0|0" in recipe.evaluation.reason.tasks
+    )
     assert "harness|bbh:causal_judgement|3|0" in recipe.evaluation.instruct.tasks  # the seed's spelling, aliased
 
 
@@ -117,8 +128,13 @@ def test_gpqa_answer_order_is_seeded_by_the_question(tasks):
 
 
 def test_seed_prompts(tasks):
-    doc = tasks.mmlu_cloze_prompt({"subject": "high_school_physics", "question": "What falls?", "choices": ["a", "b"], "answer": 1})
-    assert doc.query.startswith("The following are questions about high school physics.") and doc.choices == [" a", " b"]
+    doc = tasks.mmlu_cloze_prompt(
+        {"subject": "high_school_physics", "question": "What falls?", "choices": ["a", "b"], "answer": 1}
+    )
+    assert doc.query.startswith("The following are questions about high school physics.") and doc.choices == [
+        " a",
+        " b",
+    ]
     swag = tasks.prompt_hellaswag({"ctx_a": "A man", "ctx_b": "sits [title] down", "activity_label": "Sitting",
                                    "endings": ["x", "y"], "label": "1"})  # fmt: skip
     assert swag.gold_index == 1 and "[" not in swag.query

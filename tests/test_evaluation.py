@@ -8,16 +8,10 @@ import math
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from doge_dagster.evaluation import report as reports
-from doge_dagster.evaluation.report import TaskScore
-from doge_dagster.plan import EVALUATION_ASSETS, NODES, plan_versions
-from doge_dagster.recipes import LaunchRecipe, load_recipe
-from doge_dagster.training.launch import accelerate_command
-from doge_dagster.training.spec import StageSpec
 from helpers import (
     DATA_ASSETS,
     copy_artifacts,
@@ -29,18 +23,37 @@ from helpers import (
     write_tiny_recipe,
 )
 
+from doge_dagster.evaluation import report as reports
+from doge_dagster.evaluation.report import TaskScore
+from doge_dagster.plan import EVALUATION_ASSETS, NODES, plan_versions
+from doge_dagster.recipes import LaunchRecipe, load_recipe
+from doge_dagster.training.launch import accelerate_command
+from doge_dagster.training.spec import StageSpec
+
 EVAL_ASSETS = ("base_eval", "instruct_eval", "reason_eval")
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def score(task: str, value: float, **extra) -> TaskScore:
-    return TaskScore(task, reports.task_name(task), extra.pop("metric", "acc"), value, 0.05, [reports.lighteval_task(task)], 50, **extra)
+    return TaskScore(
+        task,
+        reports.task_name(task),
+        extra.pop("metric", "acc"),
+        value,
+        0.05,
+        [reports.lighteval_task(task)],
+        50,
+        **extra,
+    )
 
 
 # -- report -------------------------------------------------------------------------------------------------------
 def test_collect_scores_averages_supersets_and_reads_the_primary_metric():
     tasks = ["custom|arc|5|0", "custom|arithmetic_think|0|0", "custom|missing|0|0"]
-    subtasks = {"custom|arc|5|0": ["custom|arc:challenge|5", "custom|arc:easy|5"], "custom|arithmetic_think|0|0": ["custom|arithmetic_think|0"]}
+    subtasks = {
+        "custom|arc|5|0": ["custom|arc:challenge|5", "custom|arc:easy|5"],
+        "custom|arithmetic_think|0|0": ["custom|arithmetic_think|0"],
+    }
     aggregated = {
         "custom|arc:challenge|5": {"acc": 0.3, "acc_stderr": 0.03},
         "custom|arc:easy|5": {"acc": 0.5, "acc_stderr": 0.04},
@@ -83,12 +96,17 @@ def test_scores_valid_gate():
 
 def test_regression_gate_names_task_and_delta():
     before = [score("custom|arithmetic_mc|0|0", 0.46), score("custom|arithmetic_gen|0|0", 0.34)]
-    passed, detail = gates([score("custom|arithmetic_mc|0|0", 0.45), score("custom|arithmetic_gen|0|0", 0.10)], before)["no_regression"]
+    passed, detail = gates([score("custom|arithmetic_mc|0|0", 0.45), score("custom|arithmetic_gen|0|0", 0.10)], before)[
+        "no_regression"
+    ]
     assert not passed
     assert "custom|arithmetic_gen|0" in detail and "delta -0.240" in detail and "tolerance 0.02" in detail
     assert "arithmetic_mc" not in detail  # -0.01 is within tolerance
     passed, detail = gates([score("custom|arithmetic_mc|0|0", 0.45)], before)["no_regression"]
     assert passed and "smallest delta -0.010" in detail
+    assert gates([score("custom|arithmetic_mc|0|0", 0.88)], [score("custom|arithmetic_mc|0|0", 0.90)])["no_regression"][
+        0
+    ]  # -0.02 exactly
     passed, detail = gates([score("custom|other|0|0", 0.0)], before)["no_regression"]
     assert passed and "no task shared" in detail
     assert "no_regression" not in gates([score("custom|a|0|0", 0.1)])  # the first evaluation has nothing to compare
@@ -107,7 +125,7 @@ def test_format_rate_gate():
 def test_published_scores_side_by_side():
     rows = reports.published_rows("20M", [score("custom|mmlu|5|0", 0.254), score("lighteval|piqa|5|0", 0.6)])
     by_task = {row["task"]: row for row in rows}
-    assert by_task["mmlu"] == {"task": "mmlu", "this_run": 25.4, "task_string": "custom|mmlu|5|0", "published": 25.4}
+    assert by_task["mmlu"] == {"task": "mmlu", "this_run": 25.4, "task_string": "custom|mmlu|5|0", "metric": "acc", "published": 25.4}
     assert by_task["winogrande"]["this_run"] is None and by_task["winogrande"]["published"] == 50.2
     assert reports.published_rows("tiny", []) == []
 
@@ -116,7 +134,9 @@ def test_summary_markdown_has_every_section():
     current = [score("custom|arithmetic_gen|0|0", 0.1)]
     comparison = reports.compare(current, [score("custom|arithmetic_gen|0|0", 0.3).to_dict()])
     checks = reports.gate_checks(current, comparison, 0.02, "instruct_eval", 0.6, 0.5, True)
-    text = reports.summary_markdown("reason_eval (tiny)", ["Model: x"], current, comparison, "instruct_eval", [], checks, 0.6)
+    text = reports.summary_markdown(
+        "reason_eval (tiny)", ["Model: x"], current, comparison, "instruct_eval", [], checks, 0.6
+    )
     for part in ("# reason_eval (tiny)", "| task | metric | score | stderr |", "## Compared with instruct_eval", "FAIL `no_regression`",
                  "PASS `format_rate`", "Format rate"):  # fmt: skip
         assert part in text
@@ -131,7 +151,9 @@ def test_evaluation_nodes_and_versions():
     assert planned["instruct_eval"].upstream["base_eval"] == planned["base_eval"].version
     assert planned_version("instruct_eval", {"evaluation.base.max_samples": 10}) != planned["instruct_eval"].version
     assert planned_version("base_eval", {"evaluation.instruct.max_samples": 10}) == planned["base_eval"].version
-    assert planned_version("doge_reason_distill", {"evaluation.instruct.max_samples": 10}) == planned_version("doge_reason_distill")
+    assert planned_version("doge_reason_distill", {"evaluation.instruct.max_samples": 10}) == planned_version(
+        "doge_reason_distill"
+    )
 
 
 def test_spec_and_command_name_the_evaluation_entrypoint(tmp_path):
@@ -141,7 +163,10 @@ def test_spec_and_command_name_the_evaluation_entrypoint(tmp_path):
     assert StageSpec("sft", "tiny", "v", {}, {}, "/s", "/w").asset == "doge_instruct_sft"
     command = accelerate_command("instruct", "spec.json", LaunchRecipe(accelerate_config="cpu"), module=spec.module)
     assert command[-5:] == ["-m", "doge_dagster.evaluation", "instruct", "--spec", "spec.json"]
-    assert accelerate_command("sft", "s.json", LaunchRecipe(accelerate_config="cpu"))[-5:-3] == ["-m", "doge_dagster.training"]
+    assert accelerate_command("sft", "s.json", LaunchRecipe(accelerate_config="cpu"))[-5:-3] == [
+        "-m",
+        "doge_dagster.training",
+    ]
 
 
 def test_definitions_hold_gated_evaluation_assets():
@@ -172,7 +197,10 @@ def test_settings_follow_the_recipe():
     base, instruct, reason = (settings_for(stage, recipe) for stage in ("base", "instruct", "reason"))
     assert base.system_prompt is None and not base.use_chat_template and base.max_samples == 50
     assert instruct.system_prompt == DEFAULT_IDENTITY_PROMPT and instruct.use_chat_template
-    assert reason.system_prompt == DEFAULT_THINKING_PROMPT and reason.tasks == ("custom|arithmetic_gen|0|0", "custom|arithmetic_think|0|0")
+    assert reason.system_prompt == DEFAULT_THINKING_PROMPT and reason.tasks == (
+        "custom|arithmetic_gen|0|0",
+        "custom|arithmetic_think|0|0",
+    )
     assert [previous_evaluation(name) for name in EVAL_ASSETS] == [None, "base_eval", "instruct_eval"]
 
 
@@ -193,7 +221,9 @@ def tiny_model(folder: Path, seed: int) -> Path:
                         bos_token_id=0, eos_token_id=1, pad_token_id=2)  # fmt: skip
     DogeForCausalLM(config).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
-    GenerationConfig(bos_token_id=0, eos_token_id=[1, tokenizer.convert_tokens_to_ids("<|im_end|>")], pad_token_id=2).save_pretrained(str(folder))
+    GenerationConfig(
+        bos_token_id=0, eos_token_id=[1, tokenizer.convert_tokens_to_ids("<|im_end|>")], pad_token_id=2
+    ).save_pretrained(str(folder))
     return folder
 
 
@@ -214,7 +244,10 @@ def test_model_view_links_the_weights_and_sets_the_chat_end(tmp_path):
     from transformers import AutoTokenizer
 
     assert AutoTokenizer.from_pretrained(str(view)).eos_token == "<|im_end|>"
-    assert AutoTokenizer.from_pretrained(str(model_view(model_dir, tmp_path / "work", fingerprint, chat=False))).eos_token != "<|im_end|>"
+    assert (
+        AutoTokenizer.from_pretrained(str(model_view(model_dir, tmp_path / "work", fingerprint, chat=False))).eos_token
+        != "<|im_end|>"
+    )
     assert sorted(path.name for path in model_dir.iterdir()) == before  # nothing written into the artifact
 
 
@@ -245,6 +278,27 @@ def test_reevaluating_a_changed_model_gives_fresh_scores(tmp_path):
 
 
 # -- the tiny chain through the CLI (the shared session chain materializes the evaluations too) ------------------
+@dataclass
+class PrebuiltChain:
+    """A tiny chain already materialized (quick start) into ARTIFACT_ROOT with DAGSTER_HOME."""
+
+    artifact_root: Path
+    dagster_home: Path
+    output: str = ""
+
+
+@pytest.fixture(scope="session")
+def eval_chain(request):
+    """The session's tiny chain (`tiny_chain`, evaluations included), or a prebuilt one named by
+    DOGE_TEST_EVAL_CHAIN=<dir with artifacts/ and home/> to iterate on these tests without rebuilding it."""
+    prebuilt = os.environ.get("DOGE_TEST_EVAL_CHAIN")
+    if prebuilt:
+        folder = Path(prebuilt)
+        log = folder / "log.txt"
+        return PrebuiltChain(folder / "artifacts", folder / "home", log.read_text() if log.is_file() else "")
+    return request.getfixturevalue("tiny_chain")
+
+
 def step_durations(output: str) -> dict[str, str]:
     """`Finished execution of step "base_eval" in 1m40s.` -> {"base_eval": "1m40s"}."""
     return dict(re.findall(r'Finished execution of step "(\w+)" in ([\w.]+)\.', output))
@@ -252,9 +306,9 @@ def step_durations(output: str) -> dict[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(4800)
-def test_tiny_chain_publishes_three_gated_reports(tiny_chain):
-    root = tiny_chain.artifact_root
-    durations = step_durations(tiny_chain.output)
+def test_tiny_chain_publishes_three_gated_reports(eval_chain):
+    root = eval_chain.artifact_root
+    durations = step_durations(eval_chain.output)
     reports_by_asset = {}
     for asset in EVAL_ASSETS:
         version = planned_version(asset)
@@ -288,8 +342,8 @@ def test_tiny_chain_publishes_three_gated_reports(tiny_chain):
 
 @pytest.mark.slow
 @pytest.mark.timeout(4800)
-def test_rematerializing_the_evaluations_is_a_cached_skip(tiny_chain, tmp_path):
-    root = tiny_chain.artifact_root
+def test_rematerializing_the_evaluations_is_a_cached_skip(eval_chain, tmp_path):
+    root = eval_chain.artifact_root
     created = {asset: read_manifest(root, asset, planned_version(asset))["created"] for asset in EVAL_ASSETS}
     result = dg_materialize(",".join(EVAL_ASSETS), dagster_env(tmp_path / "home", root), timeout=600)
     assert result["success"], result["failures"]
@@ -299,25 +353,31 @@ def test_rematerializing_the_evaluations_is_a_cached_skip(tiny_chain, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(4800)
-def test_damaged_instruct_model_fails_the_gate_and_stops_reason_distillation(tiny_chain, tmp_path):
+def test_damaged_instruct_model_fails_the_gate_and_stops_reason_distillation(eval_chain, tmp_path):
     """A recipe whose DPO learning rate is 250x too high: training checks pass (the DPO loss falls), the
     model collapses, instruct_eval is re-evaluated on the new weights and its blocking gate stops
     doge_reason_distill."""
     edits = {"stages.dpo.training.learning_rate": 0.05}
     root = tmp_path / "artifacts"
-    copy_artifacts(tiny_chain.artifact_root, root, (*DATA_ASSETS, "doge_base", "doge_instruct_sft", "base_eval"))
+    copy_artifacts(eval_chain.artifact_root, root, (*DATA_ASSETS, "doge_base", "doge_instruct_sft", "base_eval"))
     recipes = write_tiny_recipe(tmp_path / "recipes", edits)
-    result = dg_materialize("doge_instruct,instruct_eval,doge_reason_distill", dagster_env(tmp_path / "home", root, recipes), timeout=2400)
+    result = dg_materialize(
+        "doge_instruct,instruct_eval,doge_reason_distill", dagster_env(tmp_path / "home", root, recipes), timeout=2400
+    )
     assert not result["success"]
     assert result["launches"] == 2  # doge_instruct and instruct_eval; doge_reason_distill never launched
     version = planned_version("instruct_eval", edits)
     assert version != planned_version("instruct_eval")
     metadata = read_manifest(root, "instruct_eval", version)["metadata"]
-    healthy = read_manifest(tiny_chain.artifact_root, "instruct_eval", planned_version("instruct_eval"))["metadata"]
-    assert metadata["weights_sha256"] != healthy["weights_sha256"] and metadata["scores"] != healthy["scores"]  # fresh scores
+    healthy = read_manifest(eval_chain.artifact_root, "instruct_eval", planned_version("instruct_eval"))["metadata"]
+    assert (
+        metadata["weights_sha256"] != healthy["weights_sha256"] and metadata["scores"] != healthy["scores"]
+    )  # fresh scores
     passed, detail = metadata["checks"]["no_regression"]
     assert not passed
-    assert re.search(r"custom\|arithmetic_(mc|gen)\|0 \(\w+\): [\d.]+ -> [\d.]+, delta -[\d.]+ beyond tolerance", detail), detail
+    assert re.search(
+        r"custom\|arithmetic_(mc|gen)\|0 \(\w+\): [\d.]+ -> [\d.]+, delta -[\d.]+ beyond tolerance", detail
+    ), detail
     distill = planned_version("doge_reason_distill", edits)
     assert published_versions(root, "doge_reason_distill") == []
     assert not (root / "doge_reason_distill" / "tiny" / ".work" / distill).exists()

@@ -66,7 +66,9 @@ def _tiny_benchmarks_downloads_at_import() -> bool:
     """Whether importing lighteval's tiny_benchmarks tasks downloads a file it does not have yet."""
     folder = _lighteval_dir() / "tasks" / "extended" / "tiny_benchmarks"
     source = folder / "main.py"
-    return source.is_file() and "self.download()" in source.read_text() and not (folder / "tinyBenchmarks.pkl").is_file()
+    return (
+        source.is_file() and "self.download()" in source.read_text() and not (folder / "tinyBenchmarks.pkl").is_file()
+    )
 
 
 def needed() -> dict[str, bool]:

@@ -59,7 +59,9 @@ class TaskScore:
 def task_keys(tasks: list[str]) -> dict[str, str]:
     """Metadata keys (`score/<key>`): the task name, with `|<fewshot>` added where a name repeats."""
     names = [task_name(task) for task in tasks]
-    return {task: name if names.count(name) == 1 else f"{name}|{task.split('|')[2]}" for task, name in zip(tasks, names)}
+    return {
+        task: name if names.count(name) == 1 else f"{name}|{task.split('|')[2]}" for task, name in zip(tasks, names)
+    }
 
 
 def _mean(values: list[float]) -> float:
@@ -94,9 +96,24 @@ def collect_scores(
             if FORMAT_METRIC in results:
                 formats.append(float(results[FORMAT_METRIC]))
                 format_weights.append(samples.get(name, 1))
-        stderr = math.sqrt(sum(e * e for e in errors)) / len(errors) if errors and all(math.isfinite(e) for e in errors) else None
+        stderr = (
+            math.sqrt(sum(e * e for e in errors)) / len(errors)
+            if errors and all(math.isfinite(e) for e in errors)
+            else None
+        )
         format_rate = sum(f * w for f, w in zip(formats, format_weights)) / sum(format_weights) if formats else None
-        scores.append(TaskScore(task, keys[task], metric, _mean(values), stderr, list(names), sum(samples.get(n, 0) for n in names), format_rate))
+        scores.append(
+            TaskScore(
+                task,
+                keys[task],
+                metric,
+                _mean(values),
+                stderr,
+                list(names),
+                sum(samples.get(n, 0) for n in names),
+                format_rate,
+            )
+        )
     return scores
 
 
@@ -134,7 +151,7 @@ def published_rows(partition: str, scores: list[TaskScore]) -> list[dict[str, An
         score = ours.get(name)
         rows.append({
             "task": name, "this_run": round(100 * score.score, 1) if score and math.isfinite(score.score) else None,
-            "task_string": score.task if score else None, "published": value,
+            "task_string": score.task if score else None, "metric": score.metric if score else None, "published": value,
         })  # fmt: skip
     return rows
 
@@ -154,7 +171,11 @@ def gate_checks(
     `check_format` emits the format check (the reason stage) even when the recipe sets no minimum.
     """
     checks: Checks = {}
-    bad = [f"{score.key}={score.score!r}" for score in scores if not (math.isfinite(score.score) and 0.0 <= score.score <= 1.0)]
+    bad = [
+        f"{score.key}={score.score!r}"
+        for score in scores
+        if not (math.isfinite(score.score) and 0.0 <= score.score <= 1.0)
+    ]
     missing = [score.task for score in scores if not score.subtasks]
     problems = bad + [f"{task}: no result" for task in missing]
     checks["scores_valid"] = (
@@ -162,7 +183,8 @@ def gate_checks(
         "; ".join(problems) if problems else f"{len(scores)} task scores, all numbers in [0, 1]",
     )
     if comparison is not None:
-        regressions = [row for row in comparison if row["delta"] < -tolerance]
+        # A small epsilon: with 50 samples one sample is exactly 0.02, and 0.88 - 0.90 is -0.0200000000000000018.
+        regressions = [row for row in comparison if row["delta"] < -tolerance - 1e-9]
         if regressions:
             detail = "; ".join(
                 f"{row['task']} ({row['metric']}): {row['previous']:.3f} -> {row['current']:.3f}, delta {row['delta']:+.3f} "
@@ -174,8 +196,10 @@ def gate_checks(
             worst = min(comparison, key=lambda row: row["delta"])
             checks["no_regression"] = (
                 True,
-                f"{len(comparison)} task(s) shared with {previous_asset}; smallest delta {worst['delta']:+.3f} "
-                f"({worst['task']}), tolerance {tolerance}",
+                (
+                    f"{len(comparison)} task(s) shared with {previous_asset}; smallest delta {worst['delta']:+.3f} "
+                    f"({worst['task']}), tolerance {tolerance}"
+                ),
             )
         else:
             checks["no_regression"] = (True, f"no task shared with {previous_asset}: nothing to compare")
@@ -184,12 +208,17 @@ def gate_checks(
             rate = "none measured" if format_rate_value is None else f"{format_rate_value:.3f}"
             checks["format_rate"] = (True, f"format rate {rate}; the recipe sets no min_format_rate")
         elif format_rate_value is None:
-            checks["format_rate"] = (False, f"min_format_rate {min_format_rate} is set, but no task measures the think format")
+            checks["format_rate"] = (
+                False,
+                f"min_format_rate {min_format_rate} is set, but no task measures the think format",
+            )
         else:
             checks["format_rate"] = (
                 format_rate_value > min_format_rate,
-                f"format rate {format_rate_value:.3f} (share of replies with a well-formed <think> block), "
-                f"minimum {min_format_rate}",
+                (
+                    f"format rate {format_rate_value:.3f} (share of replies with a well-formed <think> block), "
+                    f"minimum {min_format_rate}"
+                ),
             )
     return checks
 
@@ -216,7 +245,10 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None)
 def score_table(scores: list[TaskScore]) -> str:
     """task / metric / score / stderr."""
     return markdown_table(
-        [{"task": s.task, "metric": s.metric, "score": s.score, "stderr": s.stderr, "samples": s.samples} for s in scores]
+        [
+            {"task": s.task, "metric": s.metric, "score": s.score, "stderr": s.stderr, "samples": s.samples}
+            for s in scores
+        ]
     )
 
 
@@ -236,9 +268,19 @@ def summary_markdown(
         lines += [f"Format rate (replies with a well-formed `<think>` block): {format_rate_value:.3f}", ""]
     if comparison is not None:
         lines += [f"## Compared with {previous_asset}", ""]
-        lines += [markdown_table(comparison, ["task", "metric", "previous", "current", "delta"]) if comparison else "No shared task.", ""]
+        lines += [
+            markdown_table(comparison, ["task", "metric", "previous", "current", "delta"])
+            if comparison
+            else "No shared task.",
+            "",
+        ]
     if published:
-        lines += ["## Published SmallDoge scores (percent)", "", markdown_table(published, ["task", "task_string", "this_run", "published"]), ""]
+        lines += [
+            "## Published SmallDoge scores (percent)",
+            "",
+            markdown_table(published, ["task", "task_string", "metric", "this_run", "published"]),
+            "",
+        ]
     lines += ["## Gates", ""]
     lines += [f"- {'PASS' if passed else 'FAIL'} `{name}`: {detail}" for name, (passed, detail) in checks.items()]
     return "\n".join(lines) + "\n"

@@ -86,7 +86,11 @@ def previous_evaluation(asset: str) -> str | None:
 
 # -- the model as lighteval sees it -----------------------------------------------------------------------------
 def _is_model_file(name: str) -> bool:
-    return (name.endswith(WEIGHT_SUFFIXES) and not name.startswith("training_args")) or name in MODEL_CONFIG_FILES or name.endswith(".index.json")
+    return (
+        (name.endswith(WEIGHT_SUFFIXES) and not name.startswith("training_args"))
+        or name in MODEL_CONFIG_FILES
+        or name.endswith(".index.json")
+    )
 
 
 def weights_fingerprint(model_dir: Path, manifest: Manifest | None = None) -> str:
@@ -94,7 +98,9 @@ def weights_fingerprint(model_dir: Path, manifest: Manifest | None = None) -> st
     if manifest is not None:
         entries = sorted((entry.path, entry.sha256) for entry in manifest.files if _is_model_file(entry.path))
     else:
-        entries = sorted((path.name, hash_file(path)) for path in model_dir.iterdir() if path.is_file() and _is_model_file(path.name))
+        entries = sorted(
+            (path.name, hash_file(path)) for path in model_dir.iterdir() if path.is_file() and _is_model_file(path.name)
+        )
     if not any(path.endswith(WEIGHT_SUFFIXES) for path, _ in entries):
         raise FileNotFoundError(f"{model_dir}: no weight files ({', '.join(WEIGHT_SUFFIXES)}) to evaluate")
     return hashlib.sha256("\n".join(f"{path} {digest}" for path, digest in entries).encode()).hexdigest()
@@ -179,7 +185,9 @@ def resolve_subtasks(registry, tasks) -> dict[str, list[str]]:
         suite, name, fewshot = reports.lighteval_task(task).split("|")
         names = set()
         for expanded in registry._expand_task_definition(f"{suite}|{name}"):  # lighteval 0.11's own expansion
-            names.update(c.full_name for c in registry.task_to_configs.get(expanded, []) if c.num_fewshots == int(fewshot))
+            names.update(
+                c.full_name for c in registry.task_to_configs.get(expanded, []) if c.num_fewshots == int(fewshot)
+            )
         subtasks[task] = sorted(names)
     return subtasks
 
@@ -196,12 +204,12 @@ def evaluate(
     from doge_dagster.evaluation import compat
 
     applied = compat.apply()
-    from doge_dagster.evaluation import tasks as custom_tasks
-
     import torch
     from lighteval.logging.evaluation_tracker import EvaluationTracker
     from lighteval.models.transformers.transformers_model import TransformersModelConfig
     from lighteval.pipeline import ParallelismManager, Pipeline, PipelineParameters
+
+    from doge_dagster.evaluation import tasks as custom_tasks
 
     fingerprint = fingerprint or weights_fingerprint(model_dir)
     data_dir = custom_tasks.write_arithmetic_data(work_dir / "data" / "arithmetic", chat=settings.use_chat_template)
@@ -238,9 +246,13 @@ def evaluate(
         metric_name = task.metrics[0].metric_name
         primary[full_name] = metric_name[0] if isinstance(metric_name, list) else metric_name
     samples = {full_name: len(docs) for full_name, docs in pipeline.documents_dict.items()}
-    scores = reports.collect_scores(list(settings.tasks), subtasks, tracker.metrics_logger.metric_aggregated, primary, samples)
+    scores = reports.collect_scores(
+        list(settings.tasks), subtasks, tracker.metrics_logger.metric_aggregated, primary, samples
+    )
     details = {name: [_detail_row(detail) for detail in rows] for name, rows in pipeline.get_details().items()}
-    return EvalOutcome(scores, _plain(pipeline.get_results()), details, time.monotonic() - started, fingerprint, applied)
+    return EvalOutcome(
+        scores, _plain(pipeline.get_results()), details, time.monotonic() - started, fingerprint, applied
+    )
 
 
 # -- the process ------------------------------------------------------------------------------------------------
@@ -267,11 +279,15 @@ def build_report(
     from importlib.metadata import version as package_version
 
     header = [
-        f"Model: `{model_asset}` version `{model_manifest.version}` (weights sha256 `{outcome.fingerprint[:16]}`), "
-        f"recipe `{recipe.name}`.",
-        f"lighteval {package_version('lighteval')}; max_samples {settings.max_samples or 'all'}; chat template "
-        f"{'yes' if settings.use_chat_template else 'no'}; system prompt {settings.system_prompt!r}; "
-        f"evaluation took {outcome.seconds:.1f} s.",
+        (
+            f"Model: `{model_asset}` version `{model_manifest.version}` (weights sha256 `{outcome.fingerprint[:16]}`), "
+            f"recipe `{recipe.name}`."
+        ),
+        (
+            f"lighteval {package_version('lighteval')}; max_samples {settings.max_samples or 'all'}; chat template "
+            f"{'yes' if settings.use_chat_template else 'no'}; system prompt {settings.system_prompt!r}; "
+            f"evaluation took {outcome.seconds:.1f} s."
+        ),
     ]
     if any(score.task.startswith("custom|arithmetic") for score in outcome.scores):
         header.append(
@@ -300,7 +316,11 @@ def build_report(
     if comparison is not None:
         metadata["compared_with"] = f"{previous_asset}@{previous.version}"
         metadata["comparison"] = comparison
-        metadata["comparison_table"] = reports.markdown_table(comparison, ["task", "metric", "previous", "current", "delta"]) if comparison else "(no shared task)"
+        metadata["comparison_table"] = (
+            reports.markdown_table(comparison, ["task", "metric", "previous", "current", "delta"])
+            if comparison
+            else "(no shared task)"
+        )
     if published:
         metadata["published_scores"] = published
     return metadata, summary, checks
@@ -342,7 +362,9 @@ def _run(spec: StageSpec, reporter: Reporter, started: float) -> None:
     previous = store.require(previous_asset, spec.partition, spec.upstream[previous_asset]) if previous_asset else None
     model_dir = store.local_path(model_manifest)
     work = Path(spec.work_dir)
-    reporter.info(f"{spec.asset}[{spec.partition}] version {spec.version}: {model_asset} version {model_manifest.version}")
+    reporter.info(
+        f"{spec.asset}[{spec.partition}] version {spec.version}: {model_asset} version {model_manifest.version}"
+    )
     outcome = evaluate(model_dir, work, settings, weights_fingerprint(model_dir, model_manifest), reporter.info)
     if outcome is None or global_rank() != 0:
         return

@@ -35,26 +35,30 @@ from doge_dagster.evaluation import compat
 
 compat.apply()
 
-import numpy as np  # noqa: E402
-from lighteval.metrics.dynamic_metrics import MultilingualExtractiveMatchMetric  # noqa: E402
-from lighteval.metrics.metrics import Metrics  # noqa: E402
-from lighteval.metrics.metrics_sample import SampleLevelComputation  # noqa: E402
-from lighteval.metrics.normalizations import LogProbCharNorm, harness_triviaqa_normalizer  # noqa: E402
-from lighteval.metrics.utils.extractive_match_utils import ExprExtractionConfig, LatexExtractionConfig  # noqa: E402
-from lighteval.metrics.utils.metric_utils import SampleLevelMetric, SamplingMethod  # noqa: E402
-from lighteval.tasks import default_prompts as prompt  # noqa: E402
-from lighteval.tasks import default_tasks  # noqa: E402
-from lighteval.tasks.lighteval_task import LightevalTaskConfig  # noqa: E402
-from lighteval.tasks.requests import Doc  # noqa: E402
-from lighteval.utils.language import Language  # noqa: E402
+import numpy as np
+from lighteval.metrics.dynamic_metrics import MultilingualExtractiveMatchMetric
+from lighteval.metrics.metrics import Metrics
+from lighteval.metrics.metrics_sample import SampleLevelComputation
+from lighteval.metrics.normalizations import LogProbCharNorm, harness_triviaqa_normalizer
+from lighteval.metrics.utils.extractive_match_utils import ExprExtractionConfig, LatexExtractionConfig
+from lighteval.metrics.utils.metric_utils import SampleLevelMetric, SamplingMethod
+from lighteval.tasks import default_prompts as prompt
+from lighteval.tasks import default_tasks
+from lighteval.tasks.lighteval_task import LightevalTaskConfig
+from lighteval.tasks.requests import Doc
+from lighteval.utils.language import Language
 
-from doge_dagster.data.generated import QUESTION_TEMPLATES, _problem  # noqa: E402
-from doge_dagster.training.rewards import THINK_FORMAT, final_answer  # noqa: E402
+from doge_dagster.data.generated import QUESTION_TEMPLATES, _problem
+from doge_dagster.training.rewards import THINK_FORMAT, final_answer
 
 # -- metrics -------------------------------------------------------------------------------------------------
 # The seed's `loglikelihood_acc_norm_nospace`: accuracy on log-probabilities normalised by characters.
-acc_norm_nospace = Metrics.loglikelihood_acc(sample_params={"logprob_normalization": LogProbCharNorm(ignore_first_space=True)})
-triviaqa_exact_match = Metrics.exact_match(sample_params={"strip_strings": True, "normalize_pred": harness_triviaqa_normalizer})
+acc_norm_nospace = Metrics.loglikelihood_acc(
+    sample_params={"logprob_normalization": LogProbCharNorm(ignore_first_space=True)}
+)
+triviaqa_exact_match = Metrics.exact_match(
+    sample_params={"strip_strings": True, "normalize_pred": harness_triviaqa_normalizer}
+)
 expr_gold_metric = Metrics.expr_gold_metric.value  # the seed's expr_gold_metric (precision 5), unchanged
 latex_gold_metric = SampleLevelMetric(  # the seed's latex_gold_metric
     metric_name="extractive_match",
@@ -195,18 +199,65 @@ def gpqa_prompt(line: dict, task_name: str | None = None) -> Doc:
 
 
 # -- the seed's tasks ------------------------------------------------------------------------------------------
-MMLU_SUBJECTS = (
-    "abstract_algebra anatomy astronomy business_ethics clinical_knowledge college_biology college_chemistry "
-    "college_computer_science college_mathematics college_medicine college_physics computer_security "
-    "conceptual_physics econometrics electrical_engineering elementary_mathematics formal_logic global_facts "
-    "high_school_biology high_school_chemistry high_school_computer_science high_school_european_history "
-    "high_school_geography high_school_government_and_politics high_school_macroeconomics high_school_mathematics "
-    "high_school_microeconomics high_school_physics high_school_psychology high_school_statistics "
-    "high_school_us_history high_school_world_history human_aging human_sexuality international_law jurisprudence "
-    "logical_fallacies machine_learning management marketing medical_genetics miscellaneous moral_disputes "
-    "moral_scenarios nutrition philosophy prehistory professional_accounting professional_law professional_medicine "
-    "professional_psychology public_relations security_studies sociology us_foreign_policy virology world_religions"
-).split()
+MMLU_SUBJECTS = [
+    "abstract_algebra",
+    "anatomy",
+    "astronomy",
+    "business_ethics",
+    "clinical_knowledge",
+    "college_biology",
+    "college_chemistry",
+    "college_computer_science",
+    "college_mathematics",
+    "college_medicine",
+    "college_physics",
+    "computer_security",
+    "conceptual_physics",
+    "econometrics",
+    "electrical_engineering",
+    "elementary_mathematics",
+    "formal_logic",
+    "global_facts",
+    "high_school_biology",
+    "high_school_chemistry",
+    "high_school_computer_science",
+    "high_school_european_history",
+    "high_school_geography",
+    "high_school_government_and_politics",
+    "high_school_macroeconomics",
+    "high_school_mathematics",
+    "high_school_microeconomics",
+    "high_school_physics",
+    "high_school_psychology",
+    "high_school_statistics",
+    "high_school_us_history",
+    "high_school_world_history",
+    "human_aging",
+    "human_sexuality",
+    "international_law",
+    "jurisprudence",
+    "logical_fallacies",
+    "machine_learning",
+    "management",
+    "marketing",
+    "medical_genetics",
+    "miscellaneous",
+    "moral_disputes",
+    "moral_scenarios",
+    "nutrition",
+    "philosophy",
+    "prehistory",
+    "professional_accounting",
+    "professional_law",
+    "professional_medicine",
+    "professional_psychology",
+    "public_relations",
+    "security_studies",
+    "sociology",
+    "us_foreign_policy",
+    "virology",
+    "world_religions",
+]
 
 SEED_TASKS = [
     *(
@@ -325,7 +376,9 @@ ARITHMETIC_FILE = "test.jsonl"
 DATA_DIR_ENV = "DOGE_EVAL_DATA_DIR"
 
 
-def arithmetic_rows(num_rows: int = ARITHMETIC_ROWS, seed: int = ARITHMETIC_SEED, continuation_prefix: str = " ") -> list[dict]:
+def arithmetic_rows(
+    num_rows: int = ARITHMETIC_ROWS, seed: int = ARITHMETIC_SEED, continuation_prefix: str = " "
+) -> list[dict]:
     """Held-out arithmetic questions in the form the tiny model is trained on ("What is 3 + 4?").
 
     Drawn from the training problem distribution with a generator of its own (`arithmetic-eval:<seed>`),
@@ -352,7 +405,9 @@ def arithmetic_rows(num_rows: int = ARITHMETIC_ROWS, seed: int = ARITHMETIC_SEED
     return rows
 
 
-def write_arithmetic_data(folder: Path, num_rows: int = ARITHMETIC_ROWS, seed: int = ARITHMETIC_SEED, chat: bool = False) -> Path:
+def write_arithmetic_data(
+    folder: Path, num_rows: int = ARITHMETIC_ROWS, seed: int = ARITHMETIC_SEED, chat: bool = False
+) -> Path:
     """Write the held-out questions as `folder/test.jsonl` (a local dataset `load_dataset` reads); return folder."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = arithmetic_rows(num_rows, seed, continuation_prefix="" if chat else " ")
@@ -361,30 +416,48 @@ def write_arithmetic_data(folder: Path, num_rows: int = ARITHMETIC_ROWS, seed: i
 
 
 def arithmetic_mc_prompt(line: dict, task_name: str | None = None) -> Doc:
-    """"What is 3 + 4?" with the four equations as continuations."""
+    """ "What is 3 + 4?" with the four equations as continuations."""
     return Doc(task_name=task_name, query=line["question"], choices=list(line["choices"]), gold_index=int(line["gold_index"]),
                specific={"answer": line["answer"]})  # fmt: skip
 
 
 def arithmetic_gen_prompt(line: dict, task_name: str | None = None) -> Doc:
-    """"What is 3 + 4?" answered freely; the gold is the number."""
-    return Doc(task_name=task_name, query=line["question"], choices=[line["answer"]], gold_index=0, specific={"answer": line["answer"]})
+    """ "What is 3 + 4?" answered freely; the gold is the number."""
+    return Doc(
+        task_name=task_name,
+        query=line["question"],
+        choices=[line["answer"]],
+        gold_index=0,
+        specific={"answer": line["answer"]},
+    )
 
 
 def arithmetic_tasks(data_dir: str | Path) -> list[LightevalTaskConfig]:
     """The three arithmetic tasks on the questions in `data_dir` (written by `write_arithmetic_data`)."""
-    common = dict(
-        suite=["custom"], hf_repo=str(data_dir), hf_subset="default", hf_avail_splits=["test"], evaluation_splits=["test"],
-        few_shots_split=None, few_shots_select=None,
-    )  # fmt: skip
-    # Long enough for a think block before the answer; chat models stop at the end of turn, plain
-    # models at the first newline.
-    generative = dict(generation_size=160, stop_sequence=["\n"])
+    common = {
+        "suite": ["custom"], "hf_repo": str(data_dir), "hf_subset": "default", "hf_avail_splits": ["test"],
+        "evaluation_splits": ["test"], "few_shots_split": None, "few_shots_select": None,
+    }  # fmt: skip
+    # Room for a think block (the tiny traces are a few dozen tokens) before the answer; chat models stop
+    # at the end of their turn, plain models at the first newline.
+    generative = {"generation_size": 160, "stop_sequence": ["\n"]}
+    mc_metrics, gen_metrics, think_metrics = (
+        [Metrics.loglikelihood_acc],
+        [number_exact_match],
+        [think_answer_match, think_format],
+    )
     return [
-        LightevalTaskConfig(name="arithmetic_mc", prompt_function=arithmetic_mc_prompt, metrics=[Metrics.loglikelihood_acc], **common),
-        LightevalTaskConfig(name="arithmetic_gen", prompt_function=arithmetic_gen_prompt, metrics=[number_exact_match], **common, **generative),
-        LightevalTaskConfig(name="arithmetic_think", prompt_function=arithmetic_gen_prompt, metrics=[think_answer_match, think_format],
-                            **common, **generative),  # fmt: skip
+        LightevalTaskConfig(name="arithmetic_mc", prompt_function=arithmetic_mc_prompt, metrics=mc_metrics, **common),
+        LightevalTaskConfig(
+            name="arithmetic_gen", prompt_function=arithmetic_gen_prompt, metrics=gen_metrics, **common, **generative
+        ),
+        LightevalTaskConfig(
+            name="arithmetic_think",
+            prompt_function=arithmetic_gen_prompt,
+            metrics=think_metrics,
+            **common,
+            **generative,
+        ),
     ]
 
 
