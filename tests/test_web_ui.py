@@ -245,6 +245,8 @@ def test_lineage_partitions_and_materializing_from_the_ui(tmp_path):
             page.goto(f"{server.base_url}/assets/pretrain_mixture?view=partitions", wait_until="domcontentloaded")
             page.get_by_text(re.compile(r"Materialized \(1\)")).wait_for()
             page.get_by_text(re.compile(r"Missing \(4\)")).wait_for()
-            shot(page, "pretrain_mixture-5-partitions")
+            page.get_by_text("tiny", exact=True).first.click()  # the partition's own materialization
+            page.get_by_text("ratio/fineweb-edu", exact=True).first.wait_for()
+            shot(page, "pretrain_mixture-5-partition-tiny")
         finally:
             browser.close()
