@@ -37,7 +37,7 @@ from doge_dagster.artifacts import ArtifactStore, Manifest, hash_file
 from doge_dagster.evaluation import report as reports
 from doge_dagster.plan import EVALUATED_MODELS, EVALUATION_ASSETS, NODES
 from doge_dagster.recipes import Recipe, parse_recipe
-from doge_dagster.training.reporting import Reporter, global_rank, open_reporter
+from doge_dagster.training.reporting import Reporter, global_rank, run_entrypoint
 from doge_dagster.training.spec import StageSpec
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -339,16 +339,7 @@ def write_report_files(folder: Path, outcome: EvalOutcome, summary: str) -> None
 
 def run_evaluation(stage: str, spec_path: str) -> None:
     """Entry point of `python -m doge_dagster.evaluation STAGE --spec SPEC` (under `accelerate launch`)."""
-    started = time.monotonic()
-    spec = StageSpec.read(spec_path)
-    if spec.stage != stage:
-        raise SystemExit(f"spec {spec_path} is for {spec.stage!r}, not {stage!r}")
-    os.environ.update(spec.env)
-    with open_reporter() as reporter:
-        try:
-            _run(spec, reporter, started)
-        finally:
-            _end_process_group()
+    run_entrypoint(stage, spec_path, _run)
 
 
 def _run(spec: StageSpec, reporter: Reporter, started: float) -> None:
@@ -380,12 +371,3 @@ def _run(spec: StageSpec, reporter: Reporter, started: float) -> None:
     failed = [name for name, (passed, _) in checks.items() if not passed]
     reporter.info(f"published {store.url(manifest.asset, manifest.partition, manifest.version)}: {scores}"
                   + (f"; failing gates: {', '.join(failed)}" if failed else ""))  # fmt: skip
-
-
-def _end_process_group() -> None:
-    """End the process group cleanly (see training.runner): otherwise one rank can abort at exit."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()

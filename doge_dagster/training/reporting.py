@@ -98,3 +98,29 @@ def progress_callback(reporter: Reporter, max_steps_hint: int | None = None):
             return (self.tokens_seen - self.first_tokens) / elapsed if elapsed > 0 else 0.0
 
     return ProgressCallback()
+
+
+def run_entrypoint(stage: str, spec_path: str, body) -> None:
+    """Shared entry point of every launched stage (training and evaluation): read the spec, apply its
+    environment, open the reporter, run `body(spec, reporter, started)`, end the process group cleanly."""
+    from doge_dagster.training.spec import StageSpec
+
+    started = time.monotonic()
+    spec = StageSpec.read(spec_path)
+    if spec.stage != stage:
+        raise SystemExit(f"spec {spec_path} is for stage {spec.stage!r}, not {stage!r}")
+    os.environ.update(spec.env)
+    with open_reporter() as reporter:
+        try:
+            body(spec, reporter, started)
+        finally:
+            end_process_group()
+
+
+def end_process_group() -> None:
+    """End the process group cleanly; otherwise one rank can abort at exit and the launcher returns 1."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import os
 import re
 import resource
 import shutil
@@ -19,7 +18,7 @@ from typing import Any
 
 from doge_dagster.artifacts import ArtifactStore
 from doge_dagster.recipes import MixtureRecipe, Recipe, parse_recipe
-from doge_dagster.training.reporting import Reporter, global_rank, open_reporter, progress_callback
+from doge_dagster.training.reporting import Reporter, global_rank, progress_callback, run_entrypoint
 from doge_dagster.training.spec import StageSpec
 
 STAGE_MODULES = {"pretrain": "pretrain", "sft": "sft", "distill": "sft", "dpo": "sft", "grpo": "grpo"}
@@ -108,16 +107,7 @@ def build_args(ctx: StageContext, stage_module, stage: str, checkpoints: Path):
 
 def run_stage(stage: str, spec_path: str) -> None:
     """Entry point of `python -m doge_dagster.training STAGE --spec SPEC` (under `accelerate launch`)."""
-    started = time.monotonic()
-    spec = StageSpec.read(spec_path)
-    if spec.stage != stage:
-        raise SystemExit(f"spec {spec_path} is for stage {spec.stage!r}, not {stage!r}")
-    os.environ.update(spec.env)
-    with open_reporter() as reporter:
-        try:
-            _run(spec, reporter, started)
-        finally:
-            _end_process_group()
+    run_entrypoint(stage, spec_path, _run)
 
 
 def _run(spec: StageSpec, reporter: Reporter, started: float) -> None:
@@ -323,12 +313,3 @@ def _write_model_card(folder: Path, spec: StageSpec, recipe: Recipe, metrics: di
         "",
     ]
     (folder / "README.md").write_text("\n".join(lines))
-
-
-def _end_process_group() -> None:
-    """End the process group cleanly; otherwise one rank can abort at exit and the launcher returns 1."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
