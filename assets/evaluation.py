@@ -10,10 +10,9 @@ report, and (reason) the think format rate. A failing instruct_eval gate stops d
 import dagster as dg
 
 from assets.partitions import RECIPE_PARTITIONS
-from assets.training import work_dir
+from assets.training import launch_on_compute
 from assets.versioned import BuildContext, BuildOutput, materialize_versioned, node_code_version
 from doge_dagster.plan import EVALUATION_ASSETS, NODES
-from doge_dagster.training.spec import StageSpec
 from resources.artifact_store import ArtifactStoreResource
 from resources.compute import ComputeResource
 
@@ -59,20 +58,10 @@ def build_evaluation_asset(stage: str) -> dg.AssetsDefinition:
         """Evaluate the model with lighteval on the configured compute and publish the report."""
 
         def launch(build: BuildContext) -> BuildOutput:
-            spec = StageSpec(
-                stage=stage,
-                partition=context.partition_key,
-                version=build.planned.version,
-                upstream=build.planned.upstream,
-                recipe=build.recipe.model_dump(mode="json"),
-                store_root=build.store.root_url,
-                work_dir=str(work_dir(build.store, compute, name, context.partition_key, build.planned.version)),
-                asset_name=name,
-                module="doge_dagster.evaluation",
-            )
             launch_recipe = build.recipe.section(f"evaluation.{stage}").launch
-            compute.run_stage(context, spec, launch_recipe, extra_env=artifact_store.process_env())
-            return BuildOutput()
+            return launch_on_compute(
+                context, artifact_store, compute, build, stage, launch_recipe, asset_name=name, module="doge_dagster.evaluation"
+            )
 
         return with_markdown(materialize_versioned(context, artifact_store, name, launch, publishes_itself=True))
 

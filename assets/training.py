@@ -44,6 +44,24 @@ def work_dir(store, compute: ComputeResource, asset: str, partition: str, versio
     return Path(compute.scratch_dir) / asset / partition / version
 
 
+def launch_on_compute(context, artifact_store, compute, build: BuildContext, stage: str, launch, **spec_fields) -> BuildOutput:
+    """Write the stage's launch spec and run it on the compute backend; the process publishes the artifact
+    itself. Shared by training and evaluation assets (`spec_fields`: e.g. asset_name, module)."""
+    name = spec_fields.get("asset_name") or TRAINING_ASSETS[stage]
+    spec = StageSpec(
+        stage=stage,
+        partition=context.partition_key,
+        version=build.planned.version,
+        upstream=build.planned.upstream,
+        recipe=build.recipe.model_dump(mode="json"),
+        store_root=build.store.root_url,
+        work_dir=str(work_dir(build.store, compute, name, context.partition_key, build.planned.version)),
+        **spec_fields,
+    )
+    compute.run_stage(context, spec, launch, extra_env=artifact_store.process_env())
+    return BuildOutput()
+
+
 def build_training_asset(stage: str) -> dg.AssetsDefinition:
     """The model asset of `stage`, launched on the `compute` resource."""
     name = TRAINING_ASSETS[stage]
@@ -71,18 +89,8 @@ def build_training_asset(stage: str) -> dg.AssetsDefinition:
                 validate_stage(stage, build.recipe, vocab)
             except LaunchError as error:
                 raise dg.Failure(description=str(error)) from None
-            spec = StageSpec(
-                stage=stage,
-                partition=context.partition_key,
-                version=build.planned.version,
-                upstream=build.planned.upstream,
-                recipe=build.recipe.model_dump(mode="json"),
-                store_root=build.store.root_url,
-                work_dir=str(work_dir(build.store, compute, name, context.partition_key, build.planned.version)),
-            )
             launch_recipe = build.recipe.section(f"stages.{stage}").launch
-            compute.run_stage(context, spec, launch_recipe, extra_env=artifact_store.process_env())
-            return BuildOutput()
+            return launch_on_compute(context, artifact_store, compute, build, stage, launch_recipe)
 
         return materialize_versioned(context, artifact_store, name, launch, publishes_itself=True)
 
