@@ -307,9 +307,9 @@ def _openthoughts_row(rng: random.Random, index: int) -> dict:
     word_problem = rng.random() < 0.3
     question = _word_problem(rng, a, op, b) if word_problem else _question(rng, a, op, b)
     reading = "This word problem turns into numbers: I need" if word_problem else "I need"
-    # Short traces (restate, the fact or the tens-and-ones steps, the answer): a tiny model can follow
-    # them, and GRPO's completions stay short.
-    steps = _worked_steps(a, op, b, c) if a >= 10 else _equation(a, op, b, c)
+    # Short traces (restate, the fact in a sentence pretraining repeats, the answer): a tiny model can
+    # follow them, and GRPO's completions stay short. Two-digit sums get the tens-and-ones steps.
+    steps = _worked_steps(a, op, b, c) if a >= 10 else f"We know that {_equation(a, op, b, c)}"
     thought = "\n\n".join((f"{reading} to work out {a} {op} {b}.", steps, f"The answer is {c}."))
     answer = (f"<|begin_of_thought|>\n\n{thought}\n\n<|end_of_thought|>\n\n"
               f"<|begin_of_solution|>\n\n{_equation(a, op, b, c)}\n\n<|end_of_solution|>")
