@@ -93,7 +93,7 @@ def no_work_started(root: Path, asset: str) -> list[Path]:
 # -- session fixtures -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def torch_extensions_dir(tmp_path_factory) -> Path:
-    """One JIT cache for the session: DeepSpeed builds its CPU Adam op once (about 40 s)."""
+    """One JIT cache for the session: DeepSpeed on CPU builds its shm comm op once (g++/ninja, 40 s or more)."""
     return tmp_path_factory.mktemp("torch-extensions")
 
 
