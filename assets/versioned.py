@@ -16,7 +16,7 @@ from typing import Any
 import dagster as dg
 
 from doge_dagster.artifacts import ArtifactStore, Manifest
-from doge_dagster.plan import NODES, Planned, plan_versions
+from doge_dagster.plan import NODES, Planned, ancestry, plan_versions
 from doge_dagster.recipes import (
     Recipe,
     RecipeError,
@@ -57,18 +57,26 @@ Builder = Callable[[BuildContext], BuildOutput]
 
 
 def node_code_version(node_name: str, partitions: list[str]) -> str:
-    """Dagster code version: the node's code version plus its recipe sections across every partition,
-    so editing a recipe section marks exactly that stage (and its downstream) unsynced in the UI."""
-    node = NODES[node_name]
+    """Dagster code version: the code versions and recipe sections of the node and of every node upstream,
+    across every partition.
+
+    Upstream sections are included on purpose: Dagster flags a child unsynced only once its parent has a
+    new data version, so with the node's own sections alone an edit of the SFT section would flag SFT
+    but not the stages that will be retrained after it. With them, the UI shows the whole affected
+    downstream as unsynced as soon as the recipe changes, exactly the artifacts whose version changes.
+    """
+    lineage = ancestry(node_name)
     sections = []
     for partition in partitions:
         try:
-            sections.append([load_recipe(partition).section(path) for path in node.sections])
+            recipe = load_recipe(partition)
+            sections.append([[recipe.section(path) for path in NODES[name].sections] for name in lineage])
         except RecipeError:
             # An invalid recipe must not stop the code location from loading: only materializing its
             # partition fails, with the recipe's error. Its raw text stands in for the sections.
             sections.append({"invalid_recipe": _raw_recipe_text(partition)})
-    return f"{node.code_version}-{content_version(sections)}"
+    code_versions = [NODES[name].code_version for name in lineage]
+    return f"{NODES[node_name].code_version}-{content_version([code_versions, sections])}"
 
 
 def _raw_recipe_text(partition: str) -> str:

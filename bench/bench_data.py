@@ -18,15 +18,15 @@ import argparse
 import datetime
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib.metadata import version
 from pathlib import Path
+
+from measure import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -125,15 +125,6 @@ def run_python(code: str) -> None:
     done = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"`python -c {code!r}` failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-
-
-def machine() -> str:
-    """CPU model (from /proc/cpuinfo), core counts, Python and the versions of the libraries measured."""
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
-    versions = ", ".join(f"{name} {version(name)}" for name in ("datasets", "tokenizers", "transformers"))
-    cores = f"{os.cpu_count()} cores (affinity {len(os.sched_getaffinity(0))})"
-    return f"{models[0] if models else platform.processor()}, {cores}, Python {platform.python_version()}, {versions}"
 
 
 def measure_data(total: int, repeats: int) -> tuple[dict, dict, dict, str]:

@@ -12,22 +12,8 @@ import os
 import sys
 
 from doge_dagster.artifacts import ArtifactStore
-from doge_dagster.plan import NODES, Planned, plan_versions
+from doge_dagster.plan import NODES, Planned, ancestry, plan_versions
 from doge_dagster.recipes import PROJECT_ROOT, RecipeError, apply_overrides, load_recipe
-
-
-def ancestry(node: str) -> list[str]:
-    """`node` and every node it depends on, upstream first."""
-    ordered: list[str] = []
-
-    def visit(name: str) -> None:
-        for parent in NODES[name].upstream:
-            visit(parent)
-        if name not in ordered:
-            ordered.append(name)
-
-    visit(node)
-    return ordered
 
 
 def status(store: ArtifactStore, node: str, partition: str, version: str) -> str:

@@ -137,6 +137,20 @@ EVALUATION_ASSETS = {"base": "base_eval", "instruct": "instruct_eval", "reason":
 EVALUATED_MODELS = {"base": "doge_base", "instruct": "doge_instruct", "reason": "doge_reason"}
 
 
+def ancestry(node: str) -> list[str]:
+    """`node` and every node it depends on, upstream first."""
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        for parent in NODES[name].upstream:
+            visit(parent)
+        if name not in ordered:
+            ordered.append(name)
+
+    visit(node)
+    return ordered
+
+
 def mixture_stage(node_name: str) -> str:
     """`sft_mixture` -> `sft`."""
     return node_name.removesuffix("_mixture")

@@ -115,5 +115,6 @@ class ComputeResource(dg.ConfigurableResource):
             return run_on_kubernetes(context, self.kubernetes, spec, spec_path, launch, env)
         command = accelerate_command(spec.stage, str(spec_path), launch, module=spec.module)
         context.log.info("launching: " + " ".join(command))
-        client = dg.PipesSubprocessClient(cwd=str(PROJECT_ROOT), env=env)
-        return client.run(context=context, command=command)
+        from resources.local import ProcessGroupSubprocessClient
+
+        return ProcessGroupSubprocessClient(cwd=str(PROJECT_ROOT), env=env).run(context=context, command=command)

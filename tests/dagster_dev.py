@@ -281,6 +281,21 @@ class DagsterDev:
             if event["__typename"] in ("ExecutionStepFailureEvent", "RunFailureEvent")
         )
 
+    def run_messages(self, run_id: str) -> list[str]:
+        """Every message of a run's event log, oldest first (progress lines of the trainer included)."""
+        data = self.graphql(
+            """
+            query Logs($runId: ID!) {
+              logsForRun(runId: $runId) {
+                __typename
+                ... on EventConnection { events { __typename ... on MessageEvent { message } } }
+              }
+            }
+            """,
+            {"runId": run_id},
+        )["logsForRun"]
+        return [event.get("message") or "" for event in data.get("events") or []]
+
     def wait_for_run(self, run_id: str, timeout: float, poll_s: float = 2.0) -> str:
         """Poll a run until it ends; return its final status (SUCCESS, FAILURE or CANCELED)."""
         deadline = time.monotonic() + timeout

@@ -203,19 +203,21 @@ MATERIALIZE_SCRIPT = textwrap.dedent(
     import json, sys
     import dagster as dg
 
+    from resources.local import ProcessGroupSubprocessClient
+
     launches = []
-    original_run = dg.PipesSubprocessClient.run
+    original_run = ProcessGroupSubprocessClient.run
 
     def recording_run(self, *args, **kwargs):  # counts launches, then runs the real client
         launches.append(kwargs.get("command"))
         return original_run(self, *args, **kwargs)
 
-    dg.PipesSubprocessClient.run = recording_run
+    ProcessGroupSubprocessClient.run = recording_run
 
     from doge_dagster.definitions import defs
 
     result = dg.materialize(
-        list(defs.assets), selection=sys.argv[1], partition_key=sys.argv[2], resources=defs.resources,
+        list(defs.assets), selection=sys.argv[1].split(","), partition_key=sys.argv[2], resources=defs.resources,
         instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
     )
     failures = []
@@ -238,7 +240,7 @@ def dg_materialize(
     """`dg.materialize` of `selection` in a subprocess (fresh imports, so DOGE_RECIPES_DIR applies).
 
     Returns `success`, step `failures` (error text and `dg.Failure` description), the number of
-    `PipesSubprocessClient.run` launches, and the event messages.
+    local-backend launches (`ProcessGroupSubprocessClient.run`), and the event messages.
     """
     process = subprocess.Popen(
         [sys.executable, "-c", MATERIALIZE_SCRIPT, selection, partition], cwd=PROJECT_ROOT, env=env,

@@ -365,7 +365,7 @@ def test_damaged_instruct_model_fails_the_gate_and_stops_reason_distillation(eva
         "doge_instruct,instruct_eval,doge_reason_distill", dagster_env(tmp_path / "home", root, recipes), timeout=2400
     )
     assert not result["success"]
-    assert result["launches"] == 2  # doge_instruct and instruct_eval; doge_reason_distill never launched
+    assert result["launches"] == 2, result["failures"]  # doge_instruct and instruct_eval, never doge_reason_distill
     version = planned_version("instruct_eval", edits)
     assert version != planned_version("instruct_eval")
     metadata = read_manifest(root, "instruct_eval", version)["metadata"]

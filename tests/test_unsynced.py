@@ -1,10 +1,12 @@
-"""A recipe edit makes exactly the affected stage and its downstream unsynced, and a re-run recomputes only those.
+"""A recipe edit makes exactly the affected stage unsynced, and a re-run recomputes it and its downstream only.
 
 On the session's tiny chain: one field of the tiny SFT section changes (an edited copy of the recipes under
 DOGE_RECIPES_DIR; recipes are read when the code location is imported, hence subprocesses). Then
 (a) Dagster's stale status, through the instance + asset graph API and through the GraphQL API the UI
     uses (`assetNodes { staleStatus staleCauses }` of a `dagster dev` started on the edited recipe), is
-    STALE for exactly doge_instruct_sft and everything downstream, FRESH for the rest;
+    STALE with a code-version cause for exactly doge_instruct_sft and everything downstream (code versions
+    hash the recipe sections of a stage's whole lineage), FRESH for the rest; `doge-dagster versions`
+    lists the same assets as `missing`;
 (b) `dagster job execute -j full_pipeline --tags '{"dagster/partition": "tiny"}'` recomputes only those
     (every other asset reports `cached=True`), after which everything is FRESH again.
 The run goes into a copy of the session's DAGSTER_HOME, so other tests keep seeing the unedited history.
@@ -25,6 +27,7 @@ from dagster_dev import (
     CHAIN_TEST_TIMEOUT_S,
     CHAIN_TIMEOUT_S,
     DAGSTER,
+    DOGE_DAGSTER,
     code_location_assets,
     latest_materializations,
     run_command,
@@ -53,7 +56,7 @@ STALE_SCRIPT = textwrap.dedent(
         out[key.to_user_string()] = {
             "status": resolver.get_status(key, sys.argv[1]).value,
             "causes": [
-                {"key": cause.key.to_user_string(), "category": cause.category.value, "reason": cause.reason}
+                {"key": cause.asset_key.to_user_string(), "category": cause.category.value, "reason": cause.reason}
                 for cause in resolver.get_stale_causes(key, sys.argv[1])
             ],
         }
@@ -110,26 +113,36 @@ def test_the_materialized_chain_is_fresh_before_the_edit(tiny_chain):
     assert not stale_assets(statuses), {asset: info for asset, info in statuses.items() if info["status"] != "FRESH"}
 
 
-@pytest.mark.slow
-def test_editing_the_sft_section_makes_exactly_sft_and_its_downstream_stale(edited):
+def assert_exactly_the_downstream_of_sft_is_stale(statuses: dict[str, dict]) -> None:
     expected = descendants(EDITED_ASSET)
-    assert {"doge_instruct_sft", "doge_instruct", "doge_reason_distill", "doge_reason"} <= expected
-    statuses = stale_status(edited["env"])
+    assert {"doge_instruct_sft", "doge_instruct", "doge_reason_distill", "doge_reason", "reason_eval"} <= expected
     assert stale_assets(statuses) == expected, json.dumps(statuses, indent=1)
-    assert statuses[EDITED_ASSET]["status"] == "STALE"
-    assert any(
-        cause["category"] == "CODE" and cause["key"] == EDITED_ASSET for cause in statuses[EDITED_ASSET]["causes"]
-    ), statuses[EDITED_ASSET]
-    for asset in expected - {EDITED_ASSET}:  # stale because of an upstream, not their own code
+    for asset in expected:
         assert statuses[asset]["status"] == "STALE"
-        assert all(cause["category"] != "CODE" or cause["key"] != asset for cause in statuses[asset]["causes"]), (
+        assert any(cause["category"] == "CODE" and cause["key"] == asset for cause in statuses[asset]["causes"]), (
             statuses[asset]
         )
 
 
 @pytest.mark.slow
-def test_the_ui_graphql_api_shows_the_same_unsynced_assets(edited, tiny_chain, tmp_path):
+def test_editing_the_sft_section_makes_exactly_sft_and_its_downstream_stale(edited):
+    assert_exactly_the_downstream_of_sft_is_stale(stale_status(edited["env"]))
+
+
+@pytest.mark.slow
+def test_versions_cli_lists_the_edited_stage_and_its_downstream_as_missing(edited, tiny_chain):
     expected = descendants(EDITED_ASSET)
+    result = run_command([DOGE_DAGSTER, "versions", "--partition", "tiny"], edited["env"], 120)
+    assert result.returncode == 0, tail(result.stdout)
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip()]
+    missing = {row[0] for row in rows if "[missing]" in row}
+    published = {row[0] for row in rows if "[missing]" not in row}
+    assert missing == expected, result.stdout
+    assert published and not published & expected, result.stdout
+
+
+@pytest.mark.slow
+def test_the_ui_graphql_api_shows_the_same_unsynced_assets(edited, tiny_chain, tmp_path):
     work = tmp_path / "dev"
     home = tmp_path / "home"  # the server writes to its home (daemon heartbeats): a copy of the copy
     shutil.copytree(edited["home"], home)
@@ -137,10 +150,7 @@ def test_the_ui_graphql_api_shows_the_same_unsynced_assets(edited, tiny_chain, t
         work, artifact_root=tiny_chain.artifact_root, dagster_home=home, recipes_dir=edited["recipes"]
     ) as server:
         nodes = server.stale_status("tiny")
-    materializable = {asset: info for asset, info in nodes.items() if info["materializable"]}
-    stale = {asset for asset, info in materializable.items() if info["status"] != "FRESH"}
-    assert stale == expected, json.dumps(materializable, indent=1)
-    assert any(cause["category"] == "CODE" for cause in materializable[EDITED_ASSET]["causes"])
+    assert_exactly_the_downstream_of_sft_is_stale({asset: info for asset, info in nodes.items() if info["materializable"]})
 
 
 @pytest.mark.slow

@@ -1,0 +1,70 @@
+"""The local backend's Pipes client: the launched command runs in its own process group.
+
+Why not plain `dg.PipesSubprocessClient`: on a terminated run it sends SIGINT to the launcher's PID only.
+`accelerate launch` with one process does not forward signals to the trainer it starts (its
+`simple_launcher` just waits on it), so the trainer would be orphaned and keep training. Signalling the
+whole group reaches the launcher, every rank, and their data-loader workers, on Linux and macOS alike.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+
+import dagster as dg
+from dagster._core.errors import DagsterExecutionInterruptedError, DagsterPipesExecutionError
+
+
+def stop_process_group(process: subprocess.Popen, grace_seconds: float) -> None:
+    """SIGINT the process's group (ranks exit like on Ctrl+C), then SIGKILL what is left after `grace_seconds`."""
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace_seconds)
+        except subprocess.TimeoutExpired:
+            continue
+        # The leader is gone; ranks it started may still be shutting down in the same group.
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return
+
+
+class ProcessGroupSubprocessClient(dg.PipesSubprocessClient):
+    """`PipesSubprocessClient` whose command runs in a new session; an interrupted run stops the whole group."""
+
+    def run(  # type: ignore[override]
+        self,
+        *,
+        context: dg.OpExecutionContext | dg.AssetExecutionContext,
+        command: str | Sequence[str],
+        extras: Mapping | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> dg.PipesClientCompletedInvocation:
+        """Run `command` in a Pipes session and wait; on interruption stop its process group, then re-raise."""
+        with dg.open_pipes_session(
+            context=context, context_injector=self.context_injector, message_reader=self.message_reader, extras=extras
+        ) as session:
+            process = subprocess.Popen(
+                command,
+                cwd=cwd or self.cwd,
+                env={**os.environ, **self.env, **(env or {}), **session.get_bootstrap_env_vars()},
+                start_new_session=True,
+            )
+            try:
+                process.wait()
+            except BaseException as error:
+                if isinstance(error, (DagsterExecutionInterruptedError, KeyboardInterrupt)):
+                    context.log.info("run interrupted: stopping the launched process group")
+                stop_process_group(process, self.termination_timeout_seconds)
+                raise
+            if process.returncode != 0:
+                raise DagsterPipesExecutionError(f"External execution process failed with code {process.returncode}")
+        return dg.PipesClientCompletedInvocation(session)
