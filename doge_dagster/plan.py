@@ -60,7 +60,7 @@ NODES: dict[str, Node] = {
         group="pretrain",
         sections=("model", "stages.pretrain"),
         upstream=("tokenizer", "pretrain_mixture"),
-        code_version="pretrain-1",
+        code_version="pretrain-2",
         description="Doge base model: pretraining from scratch (or continued) with the WSD schedule.",
     ),
     "doge_instruct_sft": Node(

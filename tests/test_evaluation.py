@@ -333,6 +333,10 @@ def test_tiny_chain_publishes_three_gated_reports(eval_chain):
     assert {row["task"] for row in instruct["comparison"]} == {"custom|arithmetic_mc|0", "custom|arithmetic_gen|0"}
     assert [row["task"] for row in reports_by_asset["reason_eval"]["comparison"]] == ["custom|arithmetic_gen|0"]
     assert 0.0 <= reports_by_asset["reason_eval"]["format_rate"] <= 1.0
+    # The post-trained models answer the arithmetic questions the base model only continues as text.
+    base_gen = reports_by_asset["base_eval"]["scores"]["arithmetic_gen"]
+    for asset in ("instruct_eval", "reason_eval"):
+        assert reports_by_asset[asset]["scores"]["arithmetic_gen"] > base_gen + 0.3, (asset, reports_by_asset[asset]["scores"], base_gen)
     for model in ("doge_base", "doge_instruct", "doge_reason"):  # nothing written into the evaluated models
         model_manifest = read_manifest(root, model, planned_version(model))
         on_disk = sorted(p.relative_to(root / model / "tiny" / model_manifest["version"]).as_posix()

@@ -21,7 +21,7 @@ from doge_dagster.data.registry import dataset_spec
 if TYPE_CHECKING:
     import pyarrow as pa
 
-GENERATOR_VERSION = "2-dev2"
+GENERATOR_VERSION = "3"
 
 NAMES = ("Tom", "Mia", "Sam", "Lily", "Ben", "Ava", "Max", "Zoe", "Leo", "Emma", "Noah", "Ruby")
 SINGULAR = {"apples": "apple", "stones": "stone", "books": "book", "shells": "shell", "coins": "coin",
@@ -43,15 +43,17 @@ SCIENCE_FACTS = (
     "Ice is lighter than water, so it floats.", "Sound travels through air as a wave.",
     "Bees carry pollen from flower to flower.", "Rain falls when tiny drops in a cloud join together.",
 )
-# Most sentences state the fact in the exact form the chat answers use ("a + b = c."), and the question-then-
-# equation form mirrors an SFT turn, so pretraining already teaches the answers the later stages ask for.
+# Pretraining states the facts in the form the chat answers use ("a + b = c."), but never as the answer to a
+# question: answering "What is 3 + 4?" is what SFT teaches, so the base model knows the facts (arithmetic_mc)
+# and the instruct model also answers (arithmetic_gen), as with real corpora. Drill lines start facts on a
+# new line: a chat reply starts right after one, where "3" is another token than the " 3" of running text.
 ARITHMETIC_PROSE = {
     "+": ("{name} has {a_things} and finds {b} more, so {name} has {a} + {b} = {c_things}.",
           "If you add {a} and {b}, you get {c}, because {a} + {b} = {c}.", "We know that {a} + {b} = {c}.",
-          "What is {a} + {b}? {a} + {b} = {c}.", "What is {a} + {b}? {a} + {b} = {c}.", "{a} + {b} = {c}."),
+          "{a} + {b} = {c}."),
     "-": ("{name} has {a_things} and gives away {b}, so {name} has {a} - {b} = {c_things} left.",
           "Taking {b} away from {a} leaves {c}, because {a} - {b} = {c}.", "We know that {a} - {b} = {c}.",
-          "What is {a} - {b}? {a} - {b} = {c}.", "What is {a} - {b}? {a} - {b} = {c}.", "{a} - {b} = {c}."),
+          "{a} - {b} = {c}."),
 }
 COUNTING_PROSE = ("Counting up from {n} we say {n}, {n1}, {n2}, {n3}.", "{n} is an {parity} number.",
                   "The number after {n} is {n1}, and the number before {n} is {n0}.")
@@ -153,14 +155,14 @@ def _arithmetic_sentence(rng: random.Random) -> str:
 
 
 def _drill_sentence(rng: random.Random) -> str:
-    """Three neighbouring facts of one table row, e.g. "3 + 4 = 7. 3 + 5 = 8. 3 + 6 = 9." """
+    """Three neighbouring facts of one table row, one a line: "3 + 4 = 7.\n3 + 5 = 8.\n3 + 6 = 9." """
     a, op = rng.randrange(10), rng.choice("+-")
     if op == "+":
         start = rng.randrange(8)
-        return " ".join(_equation(a, op, b, a + b) for b in range(start, start + 3))
+        return "\n".join(_equation(a, op, b, a + b) for b in range(start, start + 3))
     a = rng.randrange(2, 10)
     start = rng.randrange(a - 1)
-    return " ".join(_equation(a, op, b, a - b) for b in range(start, start + 3))
+    return "\n".join(_equation(a, op, b, a - b) for b in range(start, start + 3))
 
 
 def _counting_sentence(rng: random.Random) -> str:
@@ -255,7 +257,7 @@ def _finemath_row(rng: random.Random, index: int) -> dict:
     problems = [_problem(rng) for _ in range(rng.randrange(2, 4))]
     practice = [_problem(rng) for _ in range(rng.randrange(3, 7))]
     text = "\n\n".join(["# Adding and subtracting small numbers", *(_worked_steps(*p) for p in problems),
-                        "Practice:", *(f"What is {a} {op} {b}? {_equation(a, op, b, c)}" for a, op, b, c in practice)])
+                        "Practice:", *(_equation(a, op, b, c) for a, op, b, c in practice)])
     return {"url": f"https://{rng.choice(SITES)}/arithmetic/lesson-{index}.html", "text": text,
             "token_count": len(text.split()) * 4 // 3, **_scores(rng, 4.0, 5.0)}
 
@@ -307,10 +309,11 @@ def _openthoughts_row(rng: random.Random, index: int) -> dict:
     word_problem = rng.random() < 0.3
     question = _word_problem(rng, a, op, b) if word_problem else _question(rng, a, op, b)
     reading = "This word problem turns into numbers: I need" if word_problem else "I need"
-    # Short traces (restate, the fact in a sentence pretraining repeats, the answer): a tiny model can
-    # follow them, and GRPO's completions stay short. Two-digit sums get the tens-and-ones steps.
+    # Short traces (restate, then the fact in a sentence pretraining repeats, or the tens-and-ones steps):
+    # a tiny model can follow them, GRPO's completions stay short, and the trace ends with the equation
+    # the solution repeats, so the answer copies the thought instead of working it out again.
     steps = _worked_steps(a, op, b, c) if a >= 10 else f"We know that {_equation(a, op, b, c)}"
-    thought = "\n\n".join((f"{reading} to work out {a} {op} {b}.", steps, f"The answer is {c}."))
+    thought = f"{reading} to work out {a} {op} {b}.\n\n{steps}"
     answer = (f"<|begin_of_thought|>\n\n{thought}\n\n<|end_of_thought|>\n\n"
               f"<|begin_of_solution|>\n\n{_equation(a, op, b, c)}\n\n<|end_of_solution|>")
     return {"system": OPENTHOUGHTS_SYSTEM,

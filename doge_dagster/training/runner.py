@@ -112,7 +112,7 @@ def run_stage(stage: str, spec_path: str) -> None:
 
 def _run(spec: StageSpec, reporter: Reporter, started: float) -> None:
     from datasets import load_from_disk
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
     stage_module = importlib.import_module(f"doge_dagster.training.{STAGE_MODULES[spec.stage]}")
     recipe = parse_recipe(spec.recipe, source=f"spec {spec.asset}[{spec.partition}]")
@@ -122,6 +122,9 @@ def _run(spec: StageSpec, reporter: Reporter, started: float) -> None:
     ctx.data = load_from_disk(str(ctx.artifact_dir(spec.mixture)))
     progress = progress_callback(reporter)
     ctx.callbacks = [progress, *getattr(stage_module, "callbacks", lambda _: [])(ctx)]
+    # The Trainer seeds itself only after the model exists: seed first, or a new model's initial
+    # weights (and so every later stage) change from run to run.
+    set_seed(int(recipe.section(f"stages.{spec.stage}").training.get("seed", 42)))
     if spec.parent_model:
         model = AutoModelForCausalLM.from_pretrained(str(ctx.artifact_dir(spec.parent_model)))
         model.config.router_aux_loss_coef = 0.0
