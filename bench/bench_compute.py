@@ -48,10 +48,10 @@ def bench_slurm(work: Path, repeats: int) -> list[str]:
     try:
         store, recipes = work / "slurm-store", short_recipes(work / "slurm-recipes")
         base_env = {**os.environ, **cluster.env, "DOGE_ARTIFACT_ROOT": str(store), "DOGE_RECIPES_DIR": str(recipes)}
-        homes = {backend: work / f"home-{backend}" for backend in ("local", "slurm")}
+        homes = {backend: work / f"home-{backend}" for backend in ("local", "slurm", "data")}
         for home in homes.values():
             home.mkdir()
-        materialize("tokenizer,pretrain_mixture", {**base_env, "DAGSTER_HOME": str(work / "home-data")})
+        materialize("tokenizer,pretrain_mixture", {**base_env, "DAGSTER_HOME": str(homes["data"])})
         timings: dict[str, list] = {"local": [], "slurm": []}
         for _ in range(repeats):
             for backend in ("local", "slurm"):

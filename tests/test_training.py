@@ -271,6 +271,9 @@ def test_every_chain_model_loads_generates_and_documents_its_lineage(tiny_chain)
         manifest = read_manifest(root, asset, versions[asset])
         failed = {name: detail for name, (passed, detail) in manifest["metadata"]["checks"].items() if not passed}
         assert not failed, f"{asset}: failed checks {failed}"
+        if asset == "doge_base":  # pretraining learned: the loss ends far below where it started
+            metadata = manifest["metadata"]
+            assert metadata["final_train_loss"] < metadata["first_train_loss"] / 3, metadata["train_loss_curve"]
         config = json.loads((folder / "config.json").read_text())
         assert "auto_map" not in config, f"{asset} would need remote code: {config.get('auto_map')}"
 
@@ -308,6 +311,8 @@ def test_every_chain_model_loads_generates_and_documents_its_lineage(tiny_chain)
                 output = model.generate(**inputs, max_new_tokens=24, do_sample=False)
             reply = tokenizer.decode(output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
             assert reply.strip(), f"{asset} gave an empty chat reply"
+            if asset in ("doge_instruct_sft", "doge_instruct"):
+                assert "3 + 4 = 7" in reply, f"{asset} did not answer 3 + 4 in the chat format: {reply!r}"
             assert tokenizer.convert_tokens_to_ids("<|im_end|>") in end_ids, (
                 f"{asset}: a chat turn end must stop generation"
             )
