@@ -67,9 +67,9 @@ def bench_slurm(work: Path, repeats: int) -> list[str]:
     steps = SHORT_PRETRAIN["max_steps"]
     return [
         f"| doge_base[tiny] ({steps} steps), local: step start -> first training step | {first['local']:.1f} | |",
-        f"| same, Slurm (sbatch, schedule, job start) -> first training step | {first['slurm']:.1f} | +{first['slurm'] - first['local']:.1f} s |",
+        f"| same, Slurm (sbatch, schedule, job start) -> first training step | {first['slurm']:.1f} | {first['slurm'] - first['local']:+.1f} s |",
         f"| doge_base[tiny] ({steps} steps) whole step, local | {whole['local']:.1f} | |",
-        f"| same, Slurm | {whole['slurm']:.1f} | +{whole['slurm'] - whole['local']:.1f} s ({whole['slurm'] / whole['local']:.2f}x) |",
+        f"| same, Slurm | {whole['slurm']:.1f} | {whole['slurm'] - whole['local']:+.1f} s ({whole['slurm'] / whole['local']:.2f}x) |",
     ]
 
 
@@ -98,7 +98,7 @@ def bench_s3(work: Path) -> list[str]:
         server.stop()
     return [
         f"| whole tiny graph (`tokenizer*`), local store | {local_s:.1f} | |",
-        f"| same, store on S3 (moto on 127.0.0.1) | {s3_s:.1f} | +{s3_s - local_s:.1f} s ({s3_s / local_s:.2f}x) |",
+        f"| same, store on S3 (moto on 127.0.0.1) | {s3_s:.1f} | {s3_s - local_s:+.1f} s ({s3_s / local_s:.2f}x) |",
     ]
 
 
