@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from measure import RESULTS, ROOT, machine, materialize, step_timings
+from measure import ROOT, machine, materialize, report, step_timings
 
 SHORT_PRETRAIN = {"max_steps": 60, "warmup_steps": 5, "logging_steps": 5, "save_steps": 60,
                   "lr_scheduler_kwargs": {"num_decay_steps": 10, "min_lr_ratio": 0.0}}  # fmt: skip
@@ -129,10 +129,7 @@ def main() -> None:
         "|---|---|---|",
         *rows,
     ])  # fmt: skip
-    print(table)
-    if args.record:
-        with RESULTS.open("a") as handle:
-            handle.write("\n" + table + "\n")
+    report(table, args.record)
 
 
 if __name__ == "__main__":

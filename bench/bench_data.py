@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from measure import machine
+from measure import machine, report
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -220,14 +220,10 @@ def main() -> None:
     when = f"{datetime.datetime.now():%Y-%m-%d %H:%M} ({'quick, 1M' if args.quick else 'full, 5M'} tokens)"
     load_avg = f"{start_load:.2f} / {os.getloadavg()[0]:.2f}"
     summary = f"{note}; imports: medians of 5 fresh interpreters each, interleaved. 1-min load average at start / end: {load_avg}."
-    report = "\n".join([f"## {when}", "", f"Machine: {machine()}.", "", summary, "", *table(wall, cpu, tokens), ""])
-    print("\n" + report)
-    if not args.no_write:
-        path = ROOT / "bench" / "RESULTS.md"
-        if not path.exists():
-            path.write_text("# Benchmark results\n\nAppended by the scripts in bench/ (see bench/README.md).\n\n")
-        with path.open("a") as handle:
-            handle.write(report + "\n")
+    report(
+        "\n".join([f"## {when}", "", f"Machine: {machine()}.", "", summary, "", *table(wall, cpu, tokens)]),
+        not args.no_write,
+    )
 
 
 if __name__ == "__main__":

@@ -12,15 +12,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import time
-from pathlib import Path
 
 import torch
+from measure import report
 from transformers import DogeConfig, DogeForCausalLM
 
 from doge_dagster.recipes import load_recipe
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12, "A10G": 125e12}
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def model_for(size: str) -> DogeForCausalLM:
@@ -98,10 +97,7 @@ def main() -> None:
         memory = f"{row['peak_gb']:.1f}" if row["peak_gb"] is not None else "n/a"
         lines.append(f"| Doge-{row['size']} | {row['batch']} x {row['seq']} | {row['tokens_per_s']:,.0f} | {mfu} | {memory} |")
     table = "\n".join(lines)
-    print(table)
-    if args.record:
-        with RESULTS.open("a") as handle:
-            handle.write("\n" + table + "\n")
+    report(table, args.record)
 
 
 if __name__ == "__main__":

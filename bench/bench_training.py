@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from measure import RESULTS, ROOT, machine, materialize, step_timings
+from measure import ROOT, machine, materialize, report, step_timings
 
 REPORTED_STEPS = ("doge_base", "doge_instruct_sft", "doge_instruct", "doge_reason_distill", "doge_reason",
                   "base_eval", "instruct_eval", "reason_eval")  # fmt: skip
@@ -85,10 +85,7 @@ def main() -> None:
         f"| doge_base[tiny] by hand (`accelerate launch`), median of {args.repeats} | {hand_s:.1f} | 1.00x | |",
         f"| doge_base[tiny] through Dagster (CLI materialize), median of {args.repeats} | {dagster_s:.1f} | {dagster_s / hand_s:.2f}x | <= 1.10x |",
     ])  # fmt: skip
-    print(table)
-    if args.record:
-        with RESULTS.open("a") as handle:
-            handle.write("\n" + table + "\n")
+    report(table, args.record)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -68,3 +68,11 @@ def step_timings(dagster_home: Path) -> dict[str, StepTiming]:
                 first = progress[step] - starts[step] if step in progress else None
                 timings[step] = StepTiming(first, entry.timestamp - starts[step])
     return timings
+
+
+def report(table: str, record: bool) -> None:
+    """Print a result table and, with `record`, append it to bench/RESULTS.md."""
+    print(table)
+    if record:
+        with RESULTS.open("a") as handle:
+            handle.write("\n" + table + "\n")

@@ -19,21 +19,17 @@ from dagster._core.errors import DagsterExecutionInterruptedError, DagsterPipesE
 
 def stop_process_group(process: subprocess.Popen, grace_seconds: float) -> None:
     """SIGINT the process's group (ranks exit like on Ctrl+C), then SIGKILL what is left after `grace_seconds`."""
-    for sig in (signal.SIGINT, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
+    try:
+        os.killpg(process.pid, signal.SIGINT)
         try:
             process.wait(timeout=grace_seconds)
         except subprocess.TimeoutExpired:
-            continue
-        # The leader is gone; ranks it started may still be shutting down in the same group.
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
             pass
-        return
+        # Also when the leader is gone: ranks it started may still be shutting down in the same group.
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
 
 
 class ProcessGroupSubprocessClient(dg.PipesSubprocessClient):

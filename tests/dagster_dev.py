@@ -261,8 +261,8 @@ class DagsterDev:
             raise GraphQLError(f"runsOrError: {data}")
         return [{**run, "tags": {tag["key"]: tag["value"] for tag in run["tags"]}} for run in data["results"]]
 
-    def run_failure_text(self, run_id: str) -> str:
-        """Error messages of a run's failed steps (for assertion messages)."""
+    def run_events(self, run_id: str) -> list[dict[str, Any]]:
+        """A run's events, oldest first: `__typename`, `message` and, for step failures, `error`."""
         data = self.graphql(
             """
             query Logs($runId: ID!) {
@@ -274,27 +274,19 @@ class DagsterDev:
             """,
             {"runId": run_id},
         )["logsForRun"]
-        events = data.get("events") or []
+        return data.get("events") or []
+
+    def run_failure_text(self, run_id: str) -> str:
+        """Error messages of a run's failed steps (for assertion messages)."""
         return "\n".join(
             (event.get("error") or {}).get("message") or event.get("message") or ""
-            for event in events
+            for event in self.run_events(run_id)
             if event["__typename"] in ("ExecutionStepFailureEvent", "RunFailureEvent")
         )
 
     def run_messages(self, run_id: str) -> list[str]:
         """Every message of a run's event log, oldest first (progress lines of the trainer included)."""
-        data = self.graphql(
-            """
-            query Logs($runId: ID!) {
-              logsForRun(runId: $runId) {
-                __typename
-                ... on EventConnection { events { __typename ... on MessageEvent { message } } }
-              }
-            }
-            """,
-            {"runId": run_id},
-        )["logsForRun"]
-        return [event.get("message") or "" for event in data.get("events") or []]
+        return [event.get("message") or "" for event in self.run_events(run_id)]
 
     def wait_for_run(self, run_id: str, timeout: float, poll_s: float = 2.0) -> str:
         """Poll a run until it ends; return its final status (SUCCESS, FAILURE or CANCELED)."""

@@ -13,22 +13,14 @@ from pathlib import Path
 
 import pytest
 from dagster_dev import CHAIN_TEST_TIMEOUT_S, processes_with_env, start_dagster_dev
-from helpers import copy_artifacts, published_versions, write_tiny_recipe
+from helpers import copy_artifacts, processes_mentioning, published_versions, write_tiny_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(CHAIN_TEST_TIMEOUT_S)]
 
 
-def launched_processes(dagster_home: Path) -> list[int]:
+def launched_processes(dagster_home: Path) -> set[int]:
     """Live processes of this server whose command line is a training launch."""
-    found = []
-    for pid in processes_with_env(f"DAGSTER_HOME={dagster_home}"):
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"doge_dagster.training" in command:
-            found.append(pid)
-    return found
+    return set(processes_with_env(f"DAGSTER_HOME={dagster_home}")) & set(processes_mentioning("doge_dagster.training"))
 
 
 def wait_for(condition, timeout: float, what: str):
@@ -55,11 +47,6 @@ def test_terminating_a_training_run_from_the_ui_stops_the_training_processes(tin
         assert launched_processes(home), "no training process is running"
         server.terminate_run(run_id)
         assert server.wait_for_run(run_id, timeout=180) == "CANCELED", server.log_tail()
-        left = launched_processes(home)
-        deadline = time.monotonic() + 30
-        while left and time.monotonic() < deadline:
-            time.sleep(1)
-            left = launched_processes(home)
-        assert not left, f"training processes outlived the terminated run: {left}"
+        wait_for(lambda: not launched_processes(home), 30, "the training processes to stop after the terminated run")
         assert any("stopping the launched process group" in message for message in server.run_messages(run_id))
     assert published_versions(root, "doge_base") == []

@@ -1,4 +1,4 @@
-"""A recipe edit makes exactly the affected stage unsynced, and a re-run recomputes it and its downstream only.
+"""A recipe edit makes exactly the affected stage and its downstream unsynced, and a re-run recomputes only those.
 
 On the session's tiny chain: one field of the tiny SFT section changes (an edited copy of the recipes under
 DOGE_RECIPES_DIR; recipes are read when the code location is imported, hence subprocesses). Then
