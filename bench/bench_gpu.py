@@ -14,6 +14,7 @@ import datetime
 import time
 
 import torch
+import transformers
 from measure import report
 from transformers import DogeConfig, DogeForCausalLM
 
@@ -22,11 +23,14 @@ from doge_dagster.recipes import load_recipe
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12, "A10G": 125e12}
 
 
-def model_for(size: str) -> DogeForCausalLM:
-    """The recipe's Doge architecture with random weights."""
+def model_for(size: str, attention: str | None = None) -> DogeForCausalLM:
+    """The recipe's Doge architecture with random weights (transformers' default attention unless named)."""
     fields = load_recipe(size).model.model_dump()
     fields["vocab_size"] = 32768 if fields["vocab_size"] == "tokenizer" else fields["vocab_size"]
-    return DogeForCausalLM(DogeConfig(**fields, router_aux_loss_coef=0.0))
+    config = DogeConfig(**fields, router_aux_loss_coef=0.0)
+    if attention is None:  # as `doge_base` builds it
+        return DogeForCausalLM(config)
+    return DogeForCausalLM._from_config(config, attn_implementation=attention)
 
 
 def flops_per_token(model: DogeForCausalLM, seq: int) -> float:
@@ -36,10 +40,13 @@ def flops_per_token(model: DogeForCausalLM, seq: int) -> float:
     return 6 * parameters + 12 * config.num_hidden_layers * config.hidden_size * seq
 
 
-def bench(size: str, device: str, batch: int, seq: int, steps: int, warmup: int, compile_model: bool) -> dict:
+def bench(
+    size: str, device: str, batch: int, seq: int, steps: int, warmup: int, compile_model: bool, attention: str | None
+) -> dict:
     """Time `steps` optimizer steps after `warmup`; return throughput numbers."""
     torch.manual_seed(0)
-    model = model_for(size).to(device)
+    model = model_for(size, attention).to(device)
+    attention = model.config._attn_implementation
     if compile_model:
         model = torch.compile(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=device == "cuda")
@@ -70,7 +77,16 @@ def bench(size: str, device: str, batch: int, seq: int, steps: int, warmup: int,
     peak = next((value for key, value in PEAK_BF16_FLOPS.items() if key in card), None)
     mfu = flops_per_token(model, seq) * tokens_per_second / peak if peak else None
     memory = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-    return {"size": size, "card": card, "batch": batch, "seq": seq, "tokens_per_s": tokens_per_second, "mfu": mfu, "peak_gb": memory}
+    return {
+        "size": size,
+        "attention": attention,
+        "card": card,
+        "batch": batch,
+        "seq": seq,
+        "tokens_per_s": tokens_per_second,
+        "mfu": mfu,
+        "peak_gb": memory,
+    }
 
 
 def main() -> None:
@@ -83,19 +99,31 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--attn", default=None, help="attention implementation (eager, sdpa, flex_attention)")
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     args = parser.parse_args()
-    rows = [bench(size, args.device, args.batch, args.seq, args.steps, args.warmup, args.compile) for size in args.sizes]
+    rows = [
+        bench(size, args.device, args.batch, args.seq, args.steps, args.warmup, args.compile, args.attn)
+        for size in args.sizes
+    ]
+    software = f"torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {transformers.__version__}"
     lines = [
-        f"### GPU training throughput, {datetime.date.today()}, {rows[0]['card']}, bf16={args.device == 'cuda'}, compile={args.compile}",
+        (
+            f"### GPU training throughput, {datetime.date.today()}, {rows[0]['card']}, bf16={args.device == 'cuda'}, "
+            f"compile={args.compile}, {args.steps} timed steps after {args.warmup} warm-up"
+        ),
         "",
-        "| shape | batch x seq | tokens/s | MFU | peak GiB |",
-        "|---|---|---|---|---|",
+        software,
+        "",
+        "| shape | attention | batch x seq | tokens/s | MFU | peak GiB |",
+        "|---|---|---|---|---|---|",
     ]
     for row in rows:
         mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "n/a"
         memory = f"{row['peak_gb']:.1f}" if row["peak_gb"] is not None else "n/a"
-        lines.append(f"| Doge-{row['size']} | {row['batch']} x {row['seq']} | {row['tokens_per_s']:,.0f} | {mfu} | {memory} |")
+        lines.append(
+            f"| Doge-{row['size']} | {row['attention']} | {row['batch']} x {row['seq']} | {row['tokens_per_s']:,.0f} | {mfu} | {memory} |"
+        )
     table = "\n".join(lines)
     report(table, args.record)
 

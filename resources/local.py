@@ -4,6 +4,8 @@ Why not plain `dg.PipesSubprocessClient`: on a terminated run it sends SIGINT to
 `accelerate launch` with one process does not forward signals to the trainer it starts (its
 `simple_launcher` just waits on it), so the trainer would be orphaned and keep training. Signalling the
 whole group reaches the launcher, every rank, and their data-loader workers, on Linux and macOS alike.
+The group must not outlive a Dagster process killed with SIGKILL: the launcher dies with its parent, and the
+trainers with the launcher (`doge_dagster.lifetime`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Mapping, Sequence
 
 import dagster as dg
 from dagster._core.errors import DagsterExecutionInterruptedError, DagsterPipesExecutionError
+
+from doge_dagster.lifetime import tied_to_this_process
 
 
 def stop_process_group(process: subprocess.Popen, grace_seconds: float) -> None:
@@ -49,7 +53,7 @@ class ProcessGroupSubprocessClient(dg.PipesSubprocessClient):
             context=context, context_injector=self.context_injector, message_reader=self.message_reader, extras=extras
         ) as session:
             process = subprocess.Popen(
-                command,
+                tied_to_this_process([command] if isinstance(command, str) else command),
                 cwd=cwd or self.cwd,
                 env={**os.environ, **self.env, **(env or {}), **session.get_bootstrap_env_vars()},
                 start_new_session=True,

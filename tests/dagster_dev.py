@@ -481,6 +481,11 @@ class TinyChain:
         """CLI environment on this chain's store (and instance, unless another home is given)."""
         return cli_env(dagster_home or self.dagster_home, self.artifact_root, recipes_dir, **extra)
 
+    def copy_home(self, target: Path) -> Path:
+        """A copy of this chain's DAGSTER_HOME at `target`, for tests that add runs (the shared one stays as built)."""
+        shutil.copytree(self.dagster_home, target)
+        return target
+
 
 QUICK_START_COMMAND = [
     DAGSTER,

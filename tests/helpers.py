@@ -197,6 +197,18 @@ def kill_group(pgid: int, wait_s: float = 20.0) -> None:
         time.sleep(0.1)
 
 
+def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
+    """Poll `condition` until it returns a truthy value (returned) or fail after `timeout` seconds naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
 # -- dg.materialize in a subprocess -----------------------------------------------------------------------------
 MATERIALIZE_SCRIPT = textwrap.dedent(
     """

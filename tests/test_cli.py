@@ -70,8 +70,8 @@ def test_quick_start_materializes_every_asset_of_tiny(tiny_chain):
 
 @pytest.mark.slow
 @pytest.mark.timeout(CHAIN_TEST_TIMEOUT_S)
-def test_quick_start_again_reports_every_asset_cached(tiny_chain):
-    env = tiny_chain.env()
+def test_quick_start_again_reports_every_asset_cached(tiny_chain, tmp_path):
+    env = tiny_chain.env(dagster_home=tiny_chain.copy_home(tmp_path / "home"))
     started = time.monotonic()
     result = run_command(QUICK_START_COMMAND, env, 900, log_path=ARTIFACTS_DIR / "cli-quick-start-again.log")
     seconds = time.monotonic() - started
@@ -84,8 +84,8 @@ def test_quick_start_again_reports_every_asset_cached(tiny_chain):
 
 @pytest.mark.slow
 @pytest.mark.timeout(CHAIN_TEST_TIMEOUT_S)
-def test_readme_cli_block_data_assets_then_one_model(tiny_chain):
-    env = tiny_chain.env()
+def test_readme_cli_block_data_assets_then_one_model(tiny_chain, tmp_path):
+    env = tiny_chain.env(dagster_home=tiny_chain.copy_home(tmp_path / "home"))
     data = run_command(
         materialize_command(",".join(DATA_ASSETS)), env, 600, log_path=ARTIFACTS_DIR / "cli-data-assets.log"
     )

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import PROJECT_ROOT, dagster_env, tail, write_tiny_recipe
+from helpers import PROJECT_ROOT, dagster_env, tail, wait_for, write_tiny_recipe
 
 from doge_dagster.artifacts import MANIFEST_NAME, ArtifactMissingError, ArtifactStore
 
@@ -218,13 +218,6 @@ def stage_files(folder: Path) -> dict[str, bytes]:
     for name, content in files.items():
         (folder / name).write_bytes(content)
     return files
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.05)
 
 
 def assert_republish_completes(

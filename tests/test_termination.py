@@ -8,12 +8,11 @@ the trainer) must be gone, and doge_base must have no published version.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 from dagster_dev import CHAIN_TEST_TIMEOUT_S, processes_with_env, start_dagster_dev
-from helpers import copy_artifacts, processes_mentioning, published_versions, write_tiny_recipe
+from helpers import copy_artifacts, processes_mentioning, published_versions, wait_for, write_tiny_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(CHAIN_TEST_TIMEOUT_S)]
 
@@ -21,16 +20,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(CHAIN_TEST_TIMEOUT_S)]
 def launched_processes(dagster_home: Path) -> set[int]:
     """Live processes of this server whose command line is a training launch."""
     return set(processes_with_env(f"DAGSTER_HOME={dagster_home}")) & set(processes_mentioning("doge_dagster.training"))
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def test_terminating_a_training_run_from_the_ui_stops_the_training_processes(tiny_chain, tmp_path):

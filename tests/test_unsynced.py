@@ -102,8 +102,7 @@ def edited(tiny_chain, tmp_path_factory):
     raw = tiny_raw(EDIT)
     assert raw["stages"]["sft"]["training"]["learning_rate"] != tiny_raw()["stages"]["sft"]["training"]["learning_rate"]
     (recipes / "tiny.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    home = base / "dagster_home"
-    shutil.copytree(tiny_chain.dagster_home, home)
+    home = tiny_chain.copy_home(base / "dagster_home")
     return {"recipes": recipes, "home": home, "env": tiny_chain.env(recipes_dir=recipes, dagster_home=home)}
 
 

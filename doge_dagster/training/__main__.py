@@ -2,11 +2,13 @@
 
 import argparse
 
+from doge_dagster.lifetime import die_with_parent
 from doge_dagster.training.runner import STAGE_MODULES, run_stage
 
 
 def main() -> None:
-    """Parse the command line and run the stage."""
+    """Parse the command line and run the stage; the stage dies with the launcher that started it."""
+    die_with_parent()
     parser = argparse.ArgumentParser(prog="python -m doge_dagster.training", description=__doc__)
     parser.add_argument("stage", choices=sorted(STAGE_MODULES))
     parser.add_argument(
