@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers import PROJECT_ROOT, dagster_env, kill_group, processes_in_group, tail
+from helpers import PROJECT_ROOT, dagster_env, kill_group, processes_in_group, run_command, tail
 
 VENV_BIN = Path(sys.executable).parent
 DAGSTER = str(VENV_BIN / "dagster")
@@ -104,39 +104,6 @@ def kill_processes_with_env(marker: str, wait_s: float = 20.0) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.2)
-
-
-def run_command(
-    args: Sequence[str], env: dict[str, str], timeout: float, log_path: Path | None = None, cwd: Path = PROJECT_ROOT
-) -> subprocess.CompletedProcess:
-    """Run a command in its own process group (stdout and stderr together); kill the group on timeout."""
-    started = time.monotonic()
-    process = subprocess.Popen(
-        list(args),
-        cwd=cwd,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(process.pid)
-        output, _ = process.communicate()
-        if log_path:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            log_path.write_text(output)
-        raise AssertionError(f"`{' '.join(args)}` timed out after {timeout:.0f}s:\n{tail(output)}") from None
-    finally:
-        kill_group(process.pid, wait_s=5)  # nothing of it may outlive the command
-    if log_path:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_text(
-            f"$ {' '.join(args)}\n# {time.monotonic() - started:.1f}s, rc {process.returncode}\n{output}"
-        )
-    return subprocess.CompletedProcess(process.args, process.returncode, output, "")
 
 
 # -- the Dagster instance, read in a subprocess ------------------------------------------------------------------

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,22 +130,39 @@ def run_cli_materialize(
     selection: str, env: dict[str, str], timeout: float, log_path: Path | None = None
 ) -> subprocess.CompletedProcess:
     """Run the CLI materialization in its own process group; kill the whole group on timeout."""
+    return run_command(cli_materialize_command(selection), env, timeout, log_path=log_path)
+
+
+def run_command(
+    args: Sequence[str], env: dict[str, str], timeout: float, log_path: Path | None = None, cwd: Path = PROJECT_ROOT
+) -> subprocess.CompletedProcess:
+    """Run a command in its own process group (stdout and stderr together); kill the group on timeout."""
+    started = time.monotonic()
     process = subprocess.Popen(
-        cli_materialize_command(selection), cwd=PROJECT_ROOT, env=env, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        list(args),
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         kill_group(process.pid)
         output, _ = process.communicate()
         if log_path:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
             log_path.write_text(output)
-        raise AssertionError(
-            f"`dagster asset materialize --select {selection}` timed out after {timeout}s:\n{tail(output)}"
-        ) from None
+        raise AssertionError(f"`{' '.join(args)}` timed out after {timeout:.0f}s:\n{tail(output)}") from None
+    finally:
+        kill_group(process.pid, wait_s=5)  # nothing of it may outlive the command
     if log_path:
-        log_path.write_text(output)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text(
+            f"$ {' '.join(args)}\n# {time.monotonic() - started:.1f}s, rc {process.returncode}\n{output}"
+        )
     return subprocess.CompletedProcess(process.args, process.returncode, output, "")
 
 
