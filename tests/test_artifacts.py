@@ -159,10 +159,9 @@ def test_writing_publishes_when_the_block_succeeds(store):
 
 
 def test_writing_discards_everything_when_the_block_raises(store, tmp_path):
-    with pytest.raises(RuntimeError, match="boom"):
-        with store.writing("thing", "tiny", "v1") as staged:
-            fill(staged.path)
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), store.writing("thing", "tiny", "v1") as staged:
+        fill(staged.path)
+        raise RuntimeError("boom")
     assert not staged.path.exists()
     assert staged.manifest is None
     assert store.read_manifest("thing", "tiny", "v1") is None
@@ -297,10 +296,9 @@ def test_s3_interrupted_publish_is_ignored_and_replaced(s3_store, s3_endpoint, r
 
 def test_s3_writing_discards_on_error_and_latest_sees_new_versions(s3_store, s3_endpoint, request):
     _, client = s3_endpoint
-    with pytest.raises(ValueError):
-        with s3_store.writing("thing", "tiny", "v0") as staged:
-            fill(staged.path)
-            raise ValueError("no")
+    with pytest.raises(ValueError), s3_store.writing("thing", "tiny", "v0") as staged:
+        fill(staged.path)
+        raise ValueError("no")
     assert _remote_keys(client, f"{request.node.name}/") == {}
     assert not staged.path.exists()
     first = publish(s3_store, "v1")

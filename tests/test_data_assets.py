@@ -13,7 +13,8 @@ import dagster as dg
 import pytest
 import yaml
 
-from assets.data import MIXTURE_ASSETS, tokenizer as tokenizer_asset
+from assets.data import MIXTURE_ASSETS
+from assets.data import tokenizer as tokenizer_asset
 from doge_dagster.artifacts import MANIFEST_NAME, ArtifactStore
 from doge_dagster.plan import plan_versions
 from doge_dagster.recipes import PROJECT_ROOT, RECIPES_DIR, load_recipe
@@ -61,7 +62,9 @@ def cli_env(tmp_path: Path, artifacts: Path, recipes_dir: Path | None = None) ->
 
 
 def run_cli(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([DAGSTER, *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [DAGSTER, *args], check=False, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def tiny_raw() -> dict:
@@ -78,7 +81,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_tiny_data_chain_materializes_and_every_check_passes(tiny_run):
-    root, _, result = tiny_run
+    _root, _, result = tiny_run
     assert result.success, failure_text(result)
     metadata = materializations(result)
     assert sorted(metadata) == sorted(DATA_ASSETS)
@@ -333,8 +336,7 @@ def test_a_source_missing_a_column_fails_before_publishing(tmp_path, recipes_dir
     data = tmp_path / "smoltalk"
     data.mkdir()
     with open(data / "train.jsonl", "w") as handle:
-        for row in generate_rows("smoltalk", 50, seed=1):
-            handle.write(json.dumps({"conversation": row["messages"], "source": row["source"]}) + "\n")
+        handle.writelines(json.dumps({"conversation": row["messages"], "source": row["source"]}) + "\n" for row in generate_rows("smoltalk", 50, seed=1))
     raw = tiny_raw()
     raw["tokenizer"] = {"source": "path", "name_or_path": str(saved_tokenizer)}
     raw["mixtures"]["sft"]["sources"] = [{"dataset": "smoltalk", "ratio": 1.0, "kind": "local", "path": str(data)}]

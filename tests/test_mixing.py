@@ -164,7 +164,7 @@ def test_pretrain_documents_stay_whole_between_eos(pretrain, tokenizer, rows):
     interior, joined = 0, 0
     for ids in all_rows(splits):
         positions = [index for index, token in enumerate(ids) if token == eos]
-        for start, end in zip(positions, positions[1:]):
+        for start, end in itertools.pairwise(positions):
             segment = tuple(ids[start + 1 : end])
             interior += 1
             if segment in known:
@@ -188,7 +188,7 @@ def test_pretrain_interleaves_sources(tokenizer, rows):
     assert len(positions) >= 5
     # python-edu holds 5% of the tokens: its documents are spread over the stream, not in one block
     assert max(positions) - min(positions) > documents / 2
-    assert max(b - a for a, b in zip(positions, positions[1:])) > 2
+    assert max(b - a for a, b in itertools.pairwise(positions)) > 2
 
 
 def _python_positions(tokenizer, rows, seed):
@@ -229,7 +229,7 @@ def test_caller_entries_are_not_mutated(pretrain):
 
 
 def test_seed_style_entries_are_accepted(tokenizer, rows):
-    splits, stats = mix_datasets_by_ratio([{"finemath": 1.0, "dataset": rows["finemath"]}], 3000, tokenizer,
+    _splits, stats = mix_datasets_by_ratio([{"finemath": 1.0, "dataset": rows["finemath"]}], 3000, tokenizer,
                                           kind="pretrain", max_length=128)
     assert stats.sources["finemath"].tokens == 3000
     with pytest.raises(MixingError, match="name, ratio and dataset"):
@@ -265,7 +265,7 @@ def test_sampling_comes_from_the_shuffled_stream_not_the_first_rows(tokenizer, t
 def test_a_huge_source_is_read_only_as_far_as_its_budget(tokenizer, rows):
     endless = Counting(rows["fineweb-edu"], endless=True)
     small = Counting(rows["finemath"])
-    splits, stats = mix_datasets_by_ratio(
+    _splits, stats = mix_datasets_by_ratio(
         [{"name": "fineweb-edu", "ratio": 0.8, "dataset": endless}, {"name": "finemath", "ratio": 0.2, "dataset": small}],
         10_000, tokenizer, kind="pretrain", max_length=128,
     )
@@ -359,7 +359,7 @@ def test_examples_are_read_batch_by_batch(tokenizer, rows):
 
 
 def _think_parts(content: str) -> tuple[str, str]:
-    match = re.fullmatch(r"<think>\n(.*)\n</think>\n\n(.*)", content, flags=re.S)
+    match = re.fullmatch(r"<think>\n(.*)\n</think>\n\n(.*)", content, flags=re.DOTALL)
     assert match, content
     return match[1], match[2]
 

@@ -32,7 +32,7 @@ SEED_TABLE = {
 }
 SFT_LR = {"20M": 8e-4, "60M": 6e-4, "160M": 4e-4, "320M": 2e-4}
 PRETRAIN_MIXTURE = {"fineweb-edu": 0.7, "cosmopedia-v2": 0.2, "python-edu": 0.05, "finemath": 0.05}
-BBH_TASKS = (
+BBH_TASKS = (  # noqa: SIM905 -- one string reads like the seed list
     "boolean_expressions causal_judgement date_understanding disambiguation_qa dyck_languages formal_fallacies "
     "geometric_shapes hyperbaton logical_deduction_five_objects logical_deduction_seven_objects "
     "logical_deduction_three_objects movie_recommendation multistep_arithmetic_two navigate object_counting "

@@ -50,8 +50,7 @@ def write_jsonl(folder: Path, rows: list[dict], files: int = 2) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(files):
         with open(folder / f"part-{index}.jsonl", "w") as handle:
-            for row in rows[index::files]:
-                handle.write(json.dumps(row) + "\n")
+            handle.writelines(json.dumps(row) + "\n" for row in rows[index::files])
 
 
 def write_parquet(folder: Path, name: str, rows: list[dict], files: int = 2) -> None:

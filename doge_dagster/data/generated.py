@@ -412,6 +412,6 @@ def _write_readme(repo: Path) -> None:
             lines += [f"- config_name: {config_dir.name}", "  data_files:"]
             for split in splits:
                 lines += [f"  - split: {split}", f"    path: {config_dir.name}/{split}-*"]
-    lines += ["---", "", "Seeded offline stand-in written by `doge_dagster.data.generated` "
-              f"(generator version {GENERATOR_VERSION}).", ""]
+    lines += ["---", "", ("Seeded offline stand-in written by `doge_dagster.data.generated` "
+              f"(generator version {GENERATOR_VERSION})."), ""]
     (repo / "README.md").write_text("\n".join(lines), encoding="utf-8")
