@@ -72,7 +72,12 @@ def bench(
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    tokens_per_second = batch * seq * steps / seconds
+    return throughput(model, size, attention, device, f"{batch} x {seq}", batch * seq * steps / seconds)
+
+
+def throughput(model, size: str, attention: str, device: str, shape: str, tokens_per_second: float) -> dict:
+    """One result row: tokens/s, MFU against the card's bf16 peak, peak memory since the last reset."""
+    seq = int(shape.rsplit("x", 1)[1])
     card = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     peak = next((value for key, value in PEAK_BF16_FLOPS.items() if key in card), None)
     mfu = flops_per_token(model, seq) * tokens_per_second / peak if peak else None
@@ -81,12 +86,80 @@ def bench(
         "size": size,
         "attention": attention,
         "card": card,
-        "batch": batch,
-        "seq": seq,
+        "shape": shape,
         "tokens_per_s": tokens_per_second,
         "mfu": mfu,
         "peak_gb": memory,
     }
+
+
+def bench_trainer(
+    size: str, device: str, batch: int, accumulation: int, seq: int, steps: int, warmup: int, compile_model: bool
+) -> dict:
+    """The same measurement through HF `Trainer` (the pretraining stage's trainer) with the recipe's optimizer
+    settings, `batch` x `accumulation` sequences per optimizer step: what the stage's batch layout costs."""
+    import tempfile
+
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    class RandomTokens(torch.utils.data.Dataset):
+        def __init__(self, vocab_size: int) -> None:
+            self.vocab_size = vocab_size
+
+        def __len__(self) -> int:  # exactly the run's sequences: the sampler permutes all of them
+            return (warmup + steps) * batch * accumulation
+
+        def __getitem__(self, index: int) -> dict:
+            ids = torch.randint(0, self.vocab_size, (seq,), generator=torch.Generator().manual_seed(index))
+            return {"input_ids": ids, "labels": ids}
+
+    class StepClock(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: dict[int, float] = {}
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if device == "cuda":
+                torch.cuda.synchronize()
+                if state.global_step == warmup:
+                    torch.cuda.reset_peak_memory_stats()
+            self.times[state.global_step] = time.perf_counter()
+
+    torch.manual_seed(0)
+    model = model_for(size)
+    recipe = load_recipe(size).stages.pretrain.training
+    optimizer_keys = (
+        "learning_rate",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_epsilon",
+        "weight_decay",
+        "max_grad_norm",
+        "optim",
+    )
+    clock = StepClock()
+    with tempfile.TemporaryDirectory() as output_dir:
+        arguments = TrainingArguments(
+            output_dir=output_dir,
+            **{key: recipe[key] for key in optimizer_keys if key in recipe},
+            max_steps=warmup + steps,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation,
+            bf16=device == "cuda",
+            use_cpu=device == "cpu",
+            torch_compile=compile_model,
+            save_strategy="no",
+            logging_steps=10**6,
+            report_to=[],
+            dataloader_num_workers=2,
+        )
+        Trainer(
+            model=model, args=arguments, train_dataset=RandomTokens(model.config.vocab_size), callbacks=[clock]
+        ).train()
+    seconds = clock.times[warmup + steps] - clock.times[warmup]
+    shape = f"{batch} x {accumulation} acc x {seq}"
+    return throughput(
+        model, size, model.config._attn_implementation, device, shape, batch * accumulation * seq * steps / seconds
+    )
 
 
 def main() -> None:
@@ -100,29 +173,38 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--attn", default=None, help="attention implementation (eager, sdpa, flex_attention)")
+    parser.add_argument(
+        "--trainer", type=int, metavar="ACCUMULATION", default=None,
+        help="measure through HF Trainer with the recipe's optimizer, --batch x ACCUMULATION sequences per step",
+    )  # fmt: skip
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     args = parser.parse_args()
+    if args.trainer is not None and args.attn is not None:
+        parser.error("--attn applies to the raw loop only; --trainer builds the model as doge_base does")
     rows = [
         bench(size, args.device, args.batch, args.seq, args.steps, args.warmup, args.compile, args.attn)
+        if args.trainer is None
+        else bench_trainer(size, args.device, args.batch, args.trainer, args.seq, args.steps, args.warmup, args.compile)
         for size in args.sizes
     ]
+    loop = "raw loop" if args.trainer is None else "HF Trainer, recipe optimizer"
     software = f"torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {transformers.__version__}"
     lines = [
         (
             f"### GPU training throughput, {datetime.date.today()}, {rows[0]['card']}, bf16={args.device == 'cuda'}, "
-            f"compile={args.compile}, {args.steps} timed steps after {args.warmup} warm-up"
+            f"compile={args.compile}, {loop}, {args.steps} timed steps after {args.warmup} warm-up"
         ),
         "",
         software,
         "",
-        "| shape | attention | batch x seq | tokens/s | MFU | peak GiB |",
+        "| shape | attention | sequences per step | tokens/s | MFU | peak GiB |",
         "|---|---|---|---|---|---|",
     ]
     for row in rows:
         mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "n/a"
         memory = f"{row['peak_gb']:.1f}" if row["peak_gb"] is not None else "n/a"
         lines.append(
-            f"| Doge-{row['size']} | {row['attention']} | {row['batch']} x {row['seq']} | {row['tokens_per_s']:,.0f} | {mfu} | {memory} |"
+            f"| Doge-{row['size']} | {row['attention']} | {row['shape']} | {row['tokens_per_s']:,.0f} | {mfu} | {memory} |"
         )
     table = "\n".join(lines)
     report(table, args.record)
