@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from dagster_dev import TinyChain, tiny_chain_session
 
+pytest_plugins = ["forbid_skips", "pytester"]
+
 
 @pytest.fixture(scope="session")
 def tiny_chain(tmp_path_factory) -> TinyChain:

@@ -2,11 +2,13 @@
 
 import argparse
 
+from doge_dagster.lifetime import die_with_parent
 from doge_dagster.plan import EVALUATION_ASSETS
 
 
 def main() -> None:
-    """Parse the command line and run the evaluation."""
+    """Parse the command line and run the evaluation; it dies with the launcher that started it."""
+    die_with_parent()
     parser = argparse.ArgumentParser(prog="python -m doge_dagster.evaluation", description=__doc__)
     parser.add_argument("stage", choices=sorted(EVALUATION_ASSETS))
     parser.add_argument("--spec", required=True, help="launch spec JSON written by the orchestrator")
