@@ -5,6 +5,11 @@ as training (so real sizes evaluate on the GPUs that trained them); the process 
 itself (manifest last) and the asset reports it from the manifest. The gates are blocking checks:
 valid scores, no regression beyond `regression_tolerance` on tasks shared with the previous stage's
 report, and (reason) the think format rate. A failing instruct_eval gate stops doge_reason_distill.
+
+Automation: each report is `eager` (re-evaluate once its model or the report it compares with has a new
+materialization; a re-run on an unchanged model is a cached skip). The training assets have no automation
+condition, so no upstream change starts training by itself. The conditions act only while the
+`evaluate_new_models` sensor (jobs/automation.py) is running; it is stopped by default.
 """
 
 import dagster as dg
@@ -51,6 +56,7 @@ def build_evaluation_asset(stage: str) -> dg.AssetsDefinition:
         check_specs=[dg.AssetCheckSpec(check, asset=name, blocking=True) for check in EVALUATION_CHECKS[stage]],
         pool="gpu",
         kinds={"pytorch"},
+        automation_condition=dg.AutomationCondition.eager(),
     )
     def evaluation_asset(
         context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResource, compute: ComputeResource
@@ -60,7 +66,14 @@ def build_evaluation_asset(stage: str) -> dg.AssetsDefinition:
         def launch(build: BuildContext) -> BuildOutput:
             launch_recipe = build.recipe.section(f"evaluation.{stage}").launch
             return launch_on_compute(
-                context, artifact_store, compute, build, stage, launch_recipe, asset_name=name, module="doge_dagster.evaluation"
+                context,
+                artifact_store,
+                compute,
+                build,
+                stage,
+                launch_recipe,
+                asset_name=name,
+                module="doge_dagster.evaluation",
             )
 
         return with_markdown(materialize_versioned(context, artifact_store, name, launch, publishes_itself=True))

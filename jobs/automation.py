@@ -1,7 +1,7 @@
-"""Scheduled retraining, the source-data sensor and the run-failure summary.
+"""Scheduled retraining, the source-data sensor, the run-failure summary and the evaluation automation.
 
-Nothing here starts multi-day training by itself: the schedule is stopped by default, and the data
-sensor only rebuilds data mixtures.
+Nothing here starts multi-day training by itself: the schedule is stopped by default, the data sensor
+only rebuilds data mixtures, and automation conditions exist only on the evaluation reports.
 """
 
 import json
@@ -11,7 +11,7 @@ import dagster as dg
 
 from assets.partitions import RECIPE_PARTITIONS
 from doge_dagster.data.sources import SourceError, source_fingerprint
-from doge_dagster.plan import recipe_sources
+from doge_dagster.plan import EVALUATION_ASSETS, recipe_sources
 from doge_dagster.recipes import OVERRIDE_TAG_PREFIX, RecipeError, content_version, load_recipe
 from jobs.pipelines import full_pipeline
 from resources.artifact_store import ArtifactStoreResource
@@ -49,7 +49,9 @@ def recipe_data_version(partition: str) -> str | None:
     """A hash of every source fingerprint of a partition (None when a source cannot be checked now)."""
     try:
         recipe = load_recipe(partition)
-        return content_version({name: source_fingerprint(use.ref, use.seed) for name, use in recipe_sources(recipe).items()})
+        return content_version(
+            {name: source_fingerprint(use.ref, use.seed) for name, use in recipe_sources(recipe).items()}
+        )
     except (RecipeError, SourceError):
         return None
 
@@ -127,4 +129,20 @@ def run_failure_summary(context: dg.RunFailureSensorContext, artifact_store: Art
     store.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     with store.fs.open(path, "w") as handle:
         handle.write(json.dumps(summary, indent=2))
-    context.log.error(f"run {summary['run_id']} ({summary['job']}[{summary['partition']}]) failed: {summary['error'][:300]}")
+    context.log.error(
+        f"run {summary['run_id']} ({summary['job']}[{summary['partition']}]) failed: {summary['error'][:300]}"
+    )
+
+
+evaluate_new_models = dg.AutomationConditionSensorDefinition(
+    "evaluate_new_models",
+    target=dg.AssetSelection.assets(*EVALUATION_ASSETS.values()),
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    minimum_interval_seconds=60,
+    description=(
+        "Evaluates the reports' automation conditions: a model (or the report it is compared with) that gets a "
+        "new materialization is evaluated again, per partition. Targets only the three evaluation assets, so "
+        "training never starts from here. Stopped by default; turn it on in the UI (Automation) or with "
+        "`dagster sensor start evaluate_new_models`."
+    ),
+)

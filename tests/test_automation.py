@@ -207,3 +207,40 @@ def test_retrain_schedule_ticks_through_the_dagster_dev_daemon(tmp_path):
                 server.terminate_run(candidate["runId"])
         status = server.wait_for_run(run["runId"], timeout=120)
         assert status in ("CANCELED", "FAILURE", "SUCCESS"), status
+
+
+# -- evaluation automation ---------------------------------------------------------------------------------------
+def test_an_evaluation_reruns_when_its_model_changes_and_nothing_trains_by_itself():
+    from doge_dagster.definitions import defs
+
+    instance = dg.DagsterInstance.ephemeral()
+
+    def tick(cursor=None):
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        asked = {
+            key.to_user_string(): set(result.get_requested_partitions(key))
+            for key in defs.resolve_asset_graph().get_all_asset_keys()
+            if result.get_num_requested(key)
+        }
+        return result.cursor, asked
+
+    def model_published(*assets: str) -> None:
+        for asset in assets:
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition="tiny"))
+
+    cursor, asked = tick()
+    assert asked == {}, "no model exists yet: nothing to evaluate"
+    model_published("tokenizer", "doge_base")
+    cursor, asked = tick(cursor)
+    assert asked == {"base_eval": {"tiny"}}, "a new base model is evaluated, in its own partition only"
+    cursor, asked = tick(cursor)
+    assert asked == {}, "requested once per model materialization"
+    model_published("doge_base")  # e.g. a continued pretraining
+    cursor, asked = tick(cursor)
+    assert asked == {"base_eval": {"tiny"}}
+
+    graph = defs.resolve_asset_graph()
+    automated = {key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).automation_condition}
+    assert automated == {"base_eval", "instruct_eval", "reason_eval"}, "no training or data asset is automated"
+    sensor = defs.resolve_sensor_def("evaluate_new_models")
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED

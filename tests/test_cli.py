@@ -123,6 +123,17 @@ def test_readme_schedule_commands_start_the_retrain_schedule(tmp_path):
     assert "retrain_schedule [RUNNING]" in listed.stdout and "0 3 * * 0" in listed.stdout, listed.stdout
 
 
+def test_readme_sensor_command_starts_the_evaluation_automation(tmp_path):
+    env = cli_env(tmp_path / "home", tmp_path / "artifacts")
+    before = run_command([DAGSTER, "sensor", "list", *DEFS], env, 300)
+    assert_ok(before, "`dagster sensor list`")
+    assert "evaluate_new_models [STOPPED]" in before.stdout, before.stdout
+    started = run_command([DAGSTER, "sensor", "start", "evaluate_new_models", *DEFS], env, 300)
+    assert_ok(started, "`dagster sensor start evaluate_new_models`")
+    after = run_command([DAGSTER, "sensor", "list", *DEFS], env, 300)
+    assert "evaluate_new_models [RUNNING]" in after.stdout, after.stdout
+
+
 @pytest.mark.slow
 def test_dg_list_defs_lists_every_asset_job_schedule_and_sensor(tmp_path):
     result = run_command([DG, "list", "defs"], cli_env(tmp_path / "home", tmp_path / "artifacts"), 300)
@@ -139,6 +150,7 @@ def test_dg_list_defs_lists_every_asset_job_schedule_and_sensor(tmp_path):
         "retrain_schedule",
         "source_data_sensor",
         "run_failure_summary",
+        "evaluate_new_models",
     ):
         assert name in listed, f"{name} not listed"
 
