@@ -257,9 +257,23 @@ def _number_or_text(value: Any) -> Any:
 
 
 class PretrainStage(StageRecipe):
-    """Pretraining from scratch, or continued from `init_from` (a Hub id, a local folder, or `doge_base:latest`)."""
+    """Pretraining from scratch, or continued from `init_from`: a Hub id, a local folder, or a published
+    `doge_base:<version>` of the same partition (its WSD stable-phase snapshot when it kept one)."""
 
     init_from: str | None = None
+
+    @field_validator("init_from")
+    @classmethod
+    def _pinned_base(cls, value: str | None) -> str | None:
+        # The reference is part of doge_base's version: a moving target such as `latest` would make a new
+        # base model look cached. The retraining schedule resolves the newest version before each run.
+        asset, separator, version = (value or "").partition(":")
+        if separator and asset == "doge_base" and not re.fullmatch(r"[0-9a-f]{16}", version):
+            raise ValueError(
+                f"init_from {value!r}: name a published version, doge_base:<16 hex digits> "
+                "(`doge-dagster versions --partition P` lists them)"
+            )
+        return value
 
 
 class GRPOStage(StageRecipe):

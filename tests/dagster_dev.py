@@ -444,9 +444,20 @@ class TinyChain:
     output: str
     seconds: float
 
-    def env(self, recipes_dir: Path | None = None, dagster_home: Path | None = None, **extra: str) -> dict[str, str]:
-        """CLI environment on this chain's store (and instance, unless another home is given)."""
-        return cli_env(dagster_home or self.dagster_home, self.artifact_root, recipes_dir, **extra)
+    def env(
+        self,
+        recipes_dir: Path | None = None,
+        dagster_home: Path | None = None,
+        artifact_root: Path | None = None,
+        **extra: str,
+    ) -> dict[str, str]:
+        """CLI environment on this chain's store and instance, unless another home or store is given."""
+        return cli_env(dagster_home or self.dagster_home, artifact_root or self.artifact_root, recipes_dir, **extra)
+
+    def copy_store(self, target: Path) -> Path:
+        """A copy of this chain's artifact store at `target`, for tests that publish other versions."""
+        shutil.copytree(self.artifact_root, target)
+        return target
 
     def copy_home(self, target: Path) -> Path:
         """A copy of this chain's DAGSTER_HOME at `target`, for tests that add runs (the shared one stays as built)."""

@@ -18,6 +18,20 @@ def test_production_dagster_yaml_loads(tmp_path, monkeypatch):
     instance = dg.DagsterInstance.get()
     assert instance.run_monitoring_enabled
     assert instance.run_retries_max_retries == 2
+    concurrency = instance.get_concurrency_config()
+    assert concurrency.pool_config.default_pool_limit == 1, "one GPU stage at a time per pool"
+    assert concurrency.run_queue_config.max_concurrent_runs == 8
+
+
+def test_gpu_stages_share_the_gpu_pool():
+    from doge_dagster.definitions import defs
+    from doge_dagster.plan import EVALUATION_ASSETS, TRAINING_ASSETS
+
+    graph = defs.resolve_asset_graph()
+    gpu_assets = {*TRAINING_ASSETS.values(), *EVALUATION_ASSETS.values()}
+    pools = {key.to_user_string(): graph.get(key).pools for key in graph.get_all_asset_keys()}
+    assert all(pools[asset] == {"gpu"} for asset in gpu_assets), {asset: pools[asset] for asset in gpu_assets}
+    assert not any(pools[asset] for asset in set(pools) - gpu_assets), "data assets need no GPU slot"
 
 
 def test_recipe_launch_snippet_validates():

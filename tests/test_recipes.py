@@ -14,6 +14,7 @@ from doge_dagster.plan import plan_versions
 from doge_dagster.recipes import (
     RECIPES_DIR,
     RecipeError,
+    apply_overrides,
     available_recipes,
     content_version,
     load_recipe,
@@ -411,3 +412,18 @@ def test_parse_recipe_names_its_source():
         parse_recipe(raw, source="from-the-ui.yaml")
     assert str(info.value).startswith("from-the-ui.yaml: invalid recipe")
     assert "greater than 0" in problem_line(str(info.value), "mixtures.dpo.max_length")
+
+
+@pytest.mark.parametrize("reference", ["doge_base:latest", "doge_base:v1", "doge_base:0123"])
+def test_continued_pretraining_names_a_published_base_version(reference):
+    with pytest.raises(RecipeError) as info:
+        apply_overrides(load_recipe("tiny"), {"stages.pretrain.init_from": reference})
+    message = str(info.value)
+    assert "stages.pretrain.init_from" in message and "doge_base:<16 hex digits>" in message, message
+    assert "doge-dagster versions" in message
+
+
+@pytest.mark.parametrize("reference", ["doge_base:0123456789abcdef", "SmallDoge/Doge-20M", "/data/checkpoints/base"])
+def test_continued_pretraining_accepts_versions_hub_ids_and_folders(reference):
+    recipe = apply_overrides(load_recipe("tiny"), {"stages.pretrain.init_from": reference})
+    assert recipe.stages.pretrain.init_from == reference

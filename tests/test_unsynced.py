@@ -93,7 +93,7 @@ def stale_assets(statuses: dict[str, dict]) -> set[str]:
 
 @pytest.fixture(scope="module")
 def edited(tiny_chain, tmp_path_factory):
-    """The edited recipes folder (every recipe copied, tiny's SFT learning rate changed) and a copy of the chain's home."""
+    """The edited recipes folder (every recipe copied, tiny's SFT learning rate changed), copies of the chain's home and store."""
     base = tmp_path_factory.mktemp("unsynced")
     recipes = base / "recipes"
     recipes.mkdir()
@@ -103,7 +103,9 @@ def edited(tiny_chain, tmp_path_factory):
     assert raw["stages"]["sft"]["training"]["learning_rate"] != tiny_raw()["stages"]["sft"]["training"]["learning_rate"]
     (recipes / "tiny.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     home = tiny_chain.copy_home(base / "dagster_home")
-    return {"recipes": recipes, "home": home, "env": tiny_chain.env(recipes_dir=recipes, dagster_home=home)}
+    store = tiny_chain.copy_store(base / "artifacts")  # re-running the edited pipeline publishes new versions
+    env = tiny_chain.env(recipes_dir=recipes, dagster_home=home, artifact_root=store)
+    return {"recipes": recipes, "home": home, "store": store, "env": env}
 
 
 @pytest.mark.slow
@@ -146,7 +148,7 @@ def test_the_ui_graphql_api_shows_the_same_unsynced_assets(edited, tiny_chain, t
     home = tmp_path / "home"  # the server writes to its home (daemon heartbeats): a copy of the copy
     shutil.copytree(edited["home"], home)
     with start_dagster_dev(
-        work, artifact_root=tiny_chain.artifact_root, dagster_home=home, recipes_dir=edited["recipes"]
+        work, artifact_root=edited["store"], dagster_home=home, recipes_dir=edited["recipes"]
     ) as server:
         nodes = server.stale_status("tiny")
     assert_exactly_the_downstream_of_sft_is_stale({asset: info for asset, info in nodes.items() if info["materializable"]})
@@ -175,7 +177,7 @@ def test_rerunning_full_pipeline_recomputes_only_the_unsynced_stages(edited, tin
     for asset in ("doge_instruct_sft", "doge_reason"):
         assert latest[asset]["version"] == planned_version(asset, EDIT) != planned_version(asset)
         assert {planned_version(asset), planned_version(asset, EDIT)} <= set(
-            published_versions(tiny_chain.artifact_root, asset)
+            published_versions(edited["store"], asset)
         )
     assert latest["doge_base"]["version"] == planned_version("doge_base")
     # ... and now nothing is stale any more.
