@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from dagster_dev import CHAIN_TEST_TIMEOUT_S
 from helpers import (
+    DAGSTER_BIN,
     DATA_ASSETS,
     MODEL_ASSETS,
     cli_materialize_command,
@@ -32,11 +33,14 @@ from helpers import (
     published_versions,
     read_manifest,
     run_cli_materialize,
+    run_command,
     tail,
     tiny_recipe,
     wait_for,
     write_tiny_recipe,
 )
+
+from doge_dagster.recipes import OVERRIDE_TAG_PREFIX
 
 PARTITION = "tiny"
 CHAT_MODELS = MODEL_ASSETS[1:]
@@ -192,6 +196,53 @@ def test_killed_pretraining_resumes_from_its_last_checkpoint(data_root, tmp_path
     assert not (work / "checkpoints").exists(), "checkpoints of a published version should be cleaned up"
     _, materialized = latest_materialization(tmp_path / "home", "doge_base")
     assert materialized["resumed_from_step"] == metadata["resumed_from_step"] and materialized["cached"] is False
+
+
+# -- b2. continued pretraining, the way the retraining schedule runs it ------------------------------------------
+LR_AT_STEP = re.compile(r"doge_base - step (\d+)/\d+ \| loss [^|]+\| learning_rate ([0-9.e+-]+)")
+
+
+def first_logged_lr(output: str) -> tuple[int, float]:
+    match = LR_AT_STEP.search(output)
+    assert match, f"no progress line with a learning rate:\n{tail(output)}"
+    return int(match[1]), float(match[2])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_continued_pretraining_starts_from_the_stable_snapshot_at_the_stable_lr(data_root, tmp_path):
+    edits = {**short_schedule(30, 1), "stages.pretrain.training.warmup_steps": 10}
+    stable_lr = float(tiny_recipe().stages.pretrain.training["learning_rate"])
+    root = fresh_root(data_root, tmp_path)
+    env = dagster_env(tmp_path / "home", root, write_tiny_recipe(tmp_path / "recipes", edits))
+
+    scratch = run_cli_materialize("doge_base", env, timeout=900, log_path=tmp_path / "scratch.log")
+    assert_success(scratch, "pretraining from scratch")
+    [base] = published_versions(root, "doge_base")
+    assert (root / "doge_base" / PARTITION / base / "stable" / "config.json").is_file(), "no stable-phase snapshot"
+    step, lr = first_logged_lr(scratch.stdout)
+    assert step == 1 and lr < stable_lr / 2, f"from scratch, step 1 is in the warmup: lr {lr}"
+
+    # What a tick of `retrain_schedule` launches: the pretrain job with the init_from override as a run tag.
+    tags = {"dagster/partition": PARTITION, f"{OVERRIDE_TAG_PREFIX}stages.pretrain.init_from": f"doge_base:{base}"}
+    continued = run_command(
+        [str(DAGSTER_BIN), "job", "execute", "-m", "doge_dagster.definitions", "-j", "pretrain", "--tags", json.dumps(tags)],
+        env, 900, log_path=tmp_path / "continued.log",
+    )  # fmt: skip
+    assert_success(continued, "continued pretraining")
+    assert f"continued pretraining from doge_base:{base}" in continued.stdout
+    step, lr = first_logged_lr(continued.stdout)
+    assert step == 1 and lr == pytest.approx(stable_lr, rel=1e-3), f"continued: no second warmup, lr {lr} at step 1"
+    versions = published_versions(root, "doge_base")
+    assert len(versions) == 2 and base in versions, "the continued model is a new version beside its base"
+    [continued_version] = set(versions) - {base}
+    metadata = read_manifest(root, "doge_base", continued_version)["metadata"]
+    assert metadata["global_step"] == 30 and metadata["resumed_from_step"] == 0
+    fresh_first_loss = read_manifest(root, "doge_base", base)["metadata"]["first_train_loss"]
+    assert metadata["first_train_loss"] < 0.75 * fresh_first_loss, (
+        f"the continued run should start from trained weights: first loss {metadata['first_train_loss']:.2f}, "
+        f"a fresh model's {fresh_first_loss:.2f}"
+    )
 
 
 # -- c. distributed backends on the CPU -------------------------------------------------------------------------
