@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import tiny_recipe
+from helpers import PROJECT_ROOT, tiny_recipe
 
 from doge_dagster.recipes import ACCELERATE_CONFIGS_DIR, LaunchRecipe
 from doge_dagster.training.launch import LaunchError, accelerate_command, accelerate_config_path, validate_stage
@@ -284,3 +284,45 @@ def test_stage_spec_reads_from_an_environment_variable(tmp_path, monkeypatch):
     monkeypatch.delenv(SPEC_ENV_VAR)
     with pytest.raises(FileNotFoundError, match=SPEC_ENV_VAR):
         StageSpec.read(f"{SPEC_ENV_PREFIX}{SPEC_ENV_VAR}")
+
+
+# -- the shipped accelerate configs, read by accelerate's own loader ---------------------------------------------
+ACCELERATE_CONFIGS = {  # name: (distributed type, ZeRO stage or FSDP)
+    "single_gpu": ("NO", None),
+    "ddp": ("MULTI_GPU", None),
+    "fsdp": ("FSDP", "fsdp"),
+    "zero2": ("DEEPSPEED", 2),
+    "zero3": ("DEEPSPEED", 3),
+    "cpu": ("NO", None),
+    "cpu_ddp": ("MULTI_GPU", None),
+    "cpu_zero2": ("DEEPSPEED", 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACCELERATE_CONFIGS))
+def test_each_accelerate_config_loads_with_accelerates_own_loader(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(PROJECT_ROOT / "recipes" / "accelerate" / f"{name}.yaml"))
+    distributed, sharding = ACCELERATE_CONFIGS[name]
+    assert config.distributed_type.name == distributed
+    if sharding == "fsdp":
+        assert config.fsdp_config, "the fsdp config carries no fsdp_config"
+    elif sharding is not None:
+        assert int(config.deepspeed_config["zero_stage"]) == sharding
+    # cpu_ddp is MULTI_GPU without use_cpu on purpose (its header: `--cpu` would run one process only)
+    assert bool(config.use_cpu) == (name in ("cpu", "cpu_zero2")), "GPU configs must not force the CPU"
+
+
+def test_the_shipped_configs_are_exactly_those_checked():
+    shipped = {path.stem for path in (PROJECT_ROOT / "recipes" / "accelerate").glob("*.yaml")}
+    assert shipped == set(ACCELERATE_CONFIGS)
+
+
+def test_accelerates_loader_rejects_an_unknown_key(tmp_path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((PROJECT_ROOT / "recipes" / "accelerate" / "ddp.yaml").read_text() + "num_gpus_typo: 8\n")
+    with pytest.raises(ValueError, match="num_gpus_typo"):
+        load_config_from_file(str(bad))
