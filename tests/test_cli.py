@@ -116,8 +116,12 @@ def test_dg_check_defs(tmp_path):
 
 
 def test_readme_schedule_commands_start_the_retrain_schedule(tmp_path):
-    env = cli_env(tmp_path / "home", tmp_path / "artifacts", DOGE_RETRAIN_CRON="0 3 * * 0", DOGE_RETRAIN_PARTITIONS="tiny")
-    assert_ok(run_command([DAGSTER, "schedule", "start", "retrain_schedule", *DEFS], env, 300), "`dagster schedule start`")
+    env = cli_env(
+        tmp_path / "home", tmp_path / "artifacts", DOGE_RETRAIN_CRON="0 3 * * 0", DOGE_RETRAIN_PARTITIONS="tiny"
+    )
+    assert_ok(
+        run_command([DAGSTER, "schedule", "start", "retrain_schedule", *DEFS], env, 300), "`dagster schedule start`"
+    )
     listed = run_command([DAGSTER, "schedule", "list", *DEFS], env, 300)
     assert_ok(listed, "`dagster schedule list`")
     assert "retrain_schedule [RUNNING]" in listed.stdout and "0 3 * * 0" in listed.stdout, listed.stdout

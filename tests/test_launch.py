@@ -99,7 +99,9 @@ def test_legacy_field_names_are_translated_and_then_valid():
 
 
 def test_grpo_generation_batch_not_divisible_is_rejected_with_every_factor():
-    recipe = tiny_recipe({"stages.grpo.training.num_generations": 3, "stages.grpo.training.per_device_train_batch_size": 8})
+    recipe = tiny_recipe(
+        {"stages.grpo.training.num_generations": 3, "stages.grpo.training.per_device_train_batch_size": 8}
+    )
     with pytest.raises(LaunchError) as raised:
         validate_stage("grpo", recipe)
     message = str(raised.value)

@@ -149,9 +149,18 @@ def test_pretraining_matches_the_seed(size):
 
 
 def test_pretrain_datasets_point_at_the_seed_hub_configs():
-    assert (DATASETS["fineweb-edu"].hub_id, DATASETS["fineweb-edu"].config) == ("HuggingFaceTB/smollm-corpus", "fineweb-edu-dedup")
-    assert (DATASETS["cosmopedia-v2"].hub_id, DATASETS["cosmopedia-v2"].config) == ("HuggingFaceTB/smollm-corpus", "cosmopedia-v2")
-    assert (DATASETS["python-edu"].hub_id, DATASETS["python-edu"].config) == ("HuggingFaceTB/smollm-corpus", "python-edu")
+    assert (DATASETS["fineweb-edu"].hub_id, DATASETS["fineweb-edu"].config) == (
+        "HuggingFaceTB/smollm-corpus",
+        "fineweb-edu-dedup",
+    )
+    assert (DATASETS["cosmopedia-v2"].hub_id, DATASETS["cosmopedia-v2"].config) == (
+        "HuggingFaceTB/smollm-corpus",
+        "cosmopedia-v2",
+    )
+    assert (DATASETS["python-edu"].hub_id, DATASETS["python-edu"].config) == (
+        "HuggingFaceTB/smollm-corpus",
+        "python-edu",
+    )
     assert (DATASETS["finemath"].hub_id, DATASETS["finemath"].config) == ("HuggingFaceTB/finemath", "finemath-4plus")
     assert (DATASETS["ultrafeedback"].split, DATASETS["ultrafeedback"].test_split) == ("train_prefs", "test_prefs")
     assert DATASETS["smoltalk"].hub_id == "HuggingFaceTB/smoltalk"
@@ -186,7 +195,11 @@ def test_evaluation_task_lists_match_the_seed(size):
     evaluation = load_recipe(size).evaluation
     assert evaluation.base.tasks == BASE_TASKS and not evaluation.base.use_chat_template
     assert evaluation.instruct.tasks == INSTRUCT_TASKS and evaluation.instruct.use_chat_template
-    assert len([task for task in evaluation.instruct.tasks if task.startswith("harness|bbh:")]) == 27 == len(set(BBH_TASKS))
+    assert (
+        len([task for task in evaluation.instruct.tasks if task.startswith("harness|bbh:")])
+        == 27
+        == len(set(BBH_TASKS))
+    )
     assert evaluation.reason.tasks == REASON_TASKS and evaluation.reason.use_chat_template
 
 
@@ -220,7 +233,9 @@ def test_content_version_ignores_key_order():
     for section in ("tokenizer", "mixtures.pretrain", "stages.pretrain", "stages.grpo", "evaluation.reason"):
         assert content_version(first.section(section)) == content_version(second.section(section))
     # sections nested in lists (as in Dagster code versions) too: dicts inside must not follow insertion order
-    assert content_version([[first.stages], {"a": first.tokenizer}]) == content_version([[second.stages], {"a": second.tokenizer}])
+    assert content_version([[first.stages], {"a": first.tokenizer}]) == content_version(
+        [[second.stages], {"a": second.tokenizer}]
+    )
     planned = {name: plan.version for name, plan in plan_versions(first, _fingerprint).items()}
     assert planned == {name: plan.version for name, plan in plan_versions(second, _fingerprint).items()}
 
@@ -274,7 +289,9 @@ def test_a_value_change_changes_the_version_of_that_section_and_its_downstream_o
 def test_source_data_version_flows_into_the_plan():
     recipe = parse_recipe(tiny_raw())
     plain = plan_versions(recipe, _fingerprint)
-    other = plan_versions(recipe, lambda ref, seed: _fingerprint(ref, seed) + ("x" if ref.dataset == "smoltalk" else ""))
+    other = plan_versions(
+        recipe, lambda ref, seed: _fingerprint(ref, seed) + ("x" if ref.dataset == "smoltalk" else "")
+    )
     assert other["sft_mixture"].version != plain["sft_mixture"].version
     assert other["tokenizer"].version != plain["tokenizer"].version  # the BPE trains on every source
     assert plain["sft_mixture"].upstream["source_smoltalk"] == "smoltalk:6000:233"
@@ -354,7 +371,9 @@ def test_a_mixture_takes_only_datasets_of_its_kind(tmp_path):
 
 
 def test_source_kind_needs_its_fields(tmp_path):
-    message = recipe_error(tmp_path, lambda raw: raw["mixtures"]["sft"]["sources"][0].update(kind="local", num_rows=None))
+    message = recipe_error(
+        tmp_path, lambda raw: raw["mixtures"]["sft"]["sources"][0].update(kind="local", num_rows=None)
+    )
     assert "needs `path`" in problem_line(message, "mixtures.sft.sources.0")
 
 
@@ -393,13 +412,17 @@ def test_warmup_ratio_and_steps_together_are_rejected(tmp_path):
 
 
 def test_max_seq_length_becomes_max_length(tmp_path):
-    recipe = load_recipe(write_recipe(tmp_path, lambda raw: raw["stages"]["sft"]["training"].update(max_seq_length=512)))
+    recipe = load_recipe(
+        write_recipe(tmp_path, lambda raw: raw["stages"]["sft"]["training"].update(max_seq_length=512))
+    )
     assert recipe.stages.sft.training["max_length"] == 512
     assert "max_seq_length" not in recipe.stages.sft.training
 
 
 def test_overwrite_output_dir_is_rejected_with_a_hint(tmp_path):
-    message = recipe_error(tmp_path, lambda raw: raw["stages"]["pretrain"]["training"].update(overwrite_output_dir=True))
+    message = recipe_error(
+        tmp_path, lambda raw: raw["stages"]["pretrain"]["training"].update(overwrite_output_dir=True)
+    )
     line = problem_line(message, "stages.pretrain.training")
     assert "`overwrite_output_dir` is no longer supported" in line
     assert "remove it" in line and "artifact store" in line

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import PROJECT_ROOT, dagster_env, tail, wait_for, write_tiny_recipe
+from helpers import DATA_ASSETS, MODEL_ASSETS, PROJECT_ROOT, dagster_env, tail, wait_for
 
 from doge_dagster.artifacts import MANIFEST_NAME, ArtifactMissingError, ArtifactStore
 
@@ -319,19 +319,8 @@ def test_connection_dropped_mid_upload_fails_the_publish_without_a_manifest(s3_s
 
 
 # -- the tiny chain with the store on S3 --------------------------------------------------------------------------
-CHAIN_ASSETS = ["tokenizer", "pretrain_mixture", "sft_mixture", "doge_base", "doge_instruct_sft"]
-CHAIN_EDITS = {
-    "mixtures.pretrain.total_size": 120_000,
-    "mixtures.sft.total_size": 600,
-    "stages.pretrain.training.max_steps": 24,
-    "stages.pretrain.training.warmup_steps": 2,
-    "stages.pretrain.training.lr_scheduler_kwargs": {"num_decay_steps": 6, "min_lr_ratio": 0.0},
-    "stages.pretrain.training.logging_steps": 2,
-    "stages.pretrain.training.save_steps": 12,
-    "stages.sft.training.max_steps": 10,
-    "stages.sft.training.logging_steps": 2,
-    "stages.sft.training.save_steps": 5,
-}
+# The whole tiny graph of the shipped recipe, as the README's quick start materializes it.
+CHAIN_ASSETS = [*DATA_ASSETS, *MODEL_ASSETS, "base_eval", "instruct_eval", "reason_eval"]
 CHAIN_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
@@ -371,13 +360,12 @@ CHAIN_SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def s3_chain(s3_server, tmp_path_factory):
-    """The tiny chain materialized once with the store on S3, in a subprocess (edited recipe, own DAGSTER_HOME)."""
+    """The whole tiny graph materialized once with the store on S3, in a subprocess (own DAGSTER_HOME)."""
     url, client = s3_server
     base = tmp_path_factory.mktemp("s3chain")
-    recipes = write_tiny_recipe(base / "recipes", CHAIN_EDITS)
     root = f"s3://{BUCKET}/chain"
     env = dagster_env(
-        base / "dagster_home", base / "unused-local-root", recipes,
+        base / "dagster_home", base / "unused-local-root", None,
         TEST_S3_ROOT=root, TEST_S3_ENDPOINT=url, TEST_S3_REGION=REGION, TEST_SCRATCH=str(base / "scratch"),
         DOGE_TEST_S3_ACCESS_KEY_ID=ACCESS_KEY, DOGE_TEST_S3_SECRET_ACCESS_KEY=SECRET_KEY,
         TMPDIR=str(base / "tmp"),  # the artifact cache and staging folders of every process
@@ -389,7 +377,7 @@ def s3_chain(s3_server, tmp_path_factory):
     started = time.monotonic()
     completed = subprocess.run(
         [sys.executable, "-c", CHAIN_SCRIPT, json.dumps(CHAIN_ASSETS)], check=False, cwd=PROJECT_ROOT, env=env,
-        capture_output=True, text=True, timeout=800, start_new_session=True,
+        capture_output=True, text=True, timeout=1500, start_new_session=True,
     )  # fmt: skip
     (base / "chain.log").write_text(completed.stdout + "\n--- stderr ---\n" + completed.stderr)
     lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT-JSON ")]
@@ -408,25 +396,16 @@ def s3_chain(s3_server, tmp_path_factory):
     }
 
 
-# A model after 10 SFT steps may answer the chat check with an empty reply: a quality gate, not storage.
-# That blocking check is the only failure the chain may show.
-QUALITY_ONLY = {"doge_instruct_sft:chat_template_reply"}
-
-
 def assert_chain_ran(s3_chain) -> None:
     result = s3_chain["result"]
-    failed_checks = {name for name, passed in result["checks"].items() if not passed}
-    assert len(result["checks"]) >= 16 and failed_checks <= QUALITY_ONLY, result["checks"]
-    unexpected = [
-        text
-        for text in result["failures"]
-        if not (failed_checks and "chat_template_reply" in text and "DagsterAssetCheckFailedError" in text)
-    ]
-    assert result["success"] or not unexpected, "\n\n".join(unexpected) or tail(s3_chain["log"])
+    assert result["success"], "\n\n".join(result["failures"]) or tail(s3_chain["log"])
+    failed_checks = sorted(name for name, passed in result["checks"].items() if not passed)
+    assert len(result["checks"]) >= 20 and not failed_checks, result["checks"]
     assert sorted(result["metadata"]) == sorted(CHAIN_ASSETS), tail(s3_chain["log"])
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_tiny_chain_materializes_with_the_store_on_s3(s3_chain):
     result, client = s3_chain["result"], s3_chain["client"]
     assert_chain_ran(s3_chain)
@@ -449,6 +428,9 @@ def test_tiny_chain_materializes_with_the_store_on_s3(s3_chain):
     base_manifest = store.latest("doge_base", "tiny")
     sft_manifest = store.latest("doge_instruct_sft", "tiny")
     assert sft_manifest.upstream["doge_base"] == base_manifest.version
+    reason_report = store.latest("reason_eval", "tiny")  # the evaluations read their models back from S3
+    assert reason_report.upstream["doge_reason"] == store.latest("doge_reason", "tiny").version
+    assert reason_report.metadata["scores"], reason_report.metadata
     assert base_manifest.metadata["checks"]["loss_finite_and_falling"][0]
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -463,6 +445,7 @@ def test_tiny_chain_materializes_with_the_store_on_s3(s3_chain):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_tiny_chain_on_s3_leaks_no_credentials(s3_chain):
     import dagster as dg
     from dagster._core.instance.ref import InstanceRef
@@ -491,9 +474,11 @@ def test_tiny_chain_on_s3_leaks_no_credentials(s3_chain):
         instance.dispose()
 
     specs = list((base / "scratch").rglob("spec.json"))
-    assert len(specs) == 2, "one spec per training stage"
+    assert len(specs) == len(CHAIN_ASSETS) - len(DATA_ASSETS), (
+        "one spec per launched stage (5 trainings, 3 evaluations)"
+    )
     scanned = 0
-    for folder in (base / "dagster_home", base / "scratch", base / "tmp", base / "recipes"):
+    for folder in (base / "dagster_home", base / "scratch", base / "tmp"):
         for path in folder.rglob("*"):
             if path.is_file():
                 assert_no_credentials(str(path), path.read_bytes())

@@ -323,9 +323,16 @@ def test_every_chain_model_loads_generates_and_documents_its_lineage(tiny_chain)
         manifest = read_manifest(root, asset, versions[asset])
         failed = {name: detail for name, (passed, detail) in manifest["metadata"]["checks"].items() if not passed}
         assert not failed, f"{asset}: failed checks {failed}"
+        metadata = manifest["metadata"]
         if asset == "doge_base":  # pretraining learned: the loss ends far below where it started
-            metadata = manifest["metadata"]
             assert metadata["final_train_loss"] < metadata["first_train_loss"] / 3, metadata["train_loss_curve"]
+        run_numbers = {
+            key: metadata[key] for key in ("tokens_seen", "tokens_per_second", "train_runtime_s", "wall_time_s")
+        }
+        assert all(value > 0 for value in run_numbers.values()), f"{asset}: {run_numbers}"
+        assert metadata["wall_time_s"] >= metadata["train_runtime_s"], f"{asset}: {run_numbers}"
+        assert metadata["world_size"] == 1 and metadata["parameters"] > 100_000 and metadata["peak_memory_gb"] > 0
+        assert len(metadata["train_loss_curve"]) >= 2 and (folder / "loss_curve.png").stat().st_size > 1000
         config = json.loads((folder / "config.json").read_text())
         assert "auto_map" not in config, f"{asset} would need remote code: {config.get('auto_map')}"
 
