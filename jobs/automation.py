@@ -8,8 +8,10 @@ import json
 import os
 
 import dagster as dg
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from assets.partitions import RECIPE_PARTITIONS
+from doge_dagster.data.registry import DATASETS
 from doge_dagster.data.sources import SourceError, source_fingerprint
 from doge_dagster.plan import EVALUATION_ASSETS, recipe_sources
 from doge_dagster.recipes import OVERRIDE_TAG_PREFIX, RecipeError, content_version, load_recipe
@@ -45,13 +47,13 @@ def retrain_schedule(context: dg.ScheduleEvaluationContext, artifact_store: Arti
     return retrain_requests(artifact_store, RETRAIN_PARTITIONS)
 
 
-def recipe_data_version(partition: str) -> str | None:
-    """A hash of every source fingerprint of a partition (None when a source cannot be checked now)."""
+def source_versions(partition: str) -> dict[str, str] | None:
+    """Each source's fingerprint for a partition, as its observable source asset reports it (None when a
+    source cannot be checked now)."""
     try:
-        recipe = load_recipe(partition)
-        return content_version(
-            {name: source_fingerprint(use.ref, use.seed) for name, use in recipe_sources(recipe).items()}
-        )
+        return {
+            name: source_fingerprint(use.ref, use.seed) for name, use in recipe_sources(load_recipe(partition)).items()
+        }
     except (RecipeError, SourceError):
         return None
 
@@ -64,19 +66,29 @@ def recipe_data_version(partition: str) -> str | None:
     "mixtures of partitions whose sources changed. Training is never started by this sensor.",
 )
 def source_data_sensor(context: dg.SensorEvaluationContext):
-    """Compare each partition's source versions with the cursor; request data runs where they changed."""
+    """Compare each partition's source versions with the cursor; record the changed versions as observations
+    of the source assets (so the UI flags mixtures built on older data) and request data runs."""
     previous = json.loads(context.cursor) if context.cursor else {}
     current = dict(previous)
-    requests = []
+    requests, observations = [], []
     for partition in RECIPE_PARTITIONS.get_partition_keys():
-        version = recipe_data_version(partition)
-        if version is None:
+        versions = source_versions(partition)
+        if versions is None:
             continue
+        version = content_version(versions)
         current[partition] = version
-        if partition in previous and previous[partition] != version:
+        if previous.get(partition) == version:
+            continue
+        observations += [
+            dg.AssetObservation(DATASETS[name].asset_name, partition=partition, tags={DATA_VERSION_TAG: fingerprint})
+            for name, fingerprint in sorted(versions.items())
+        ]
+        if partition in previous:
             requests.append(dg.RunRequest(partition_key=partition, run_key=f"{partition}-{version}"))
-    context.update_cursor(json.dumps(current, sort_keys=True))
-    return requests or dg.SkipReason("no source changed since the last check")
+    cursor = json.dumps(current, sort_keys=True)
+    if not (requests or observations):
+        return dg.SensorResult(skip_reason="no source changed since the last check", cursor=cursor)
+    return dg.SensorResult(run_requests=requests, asset_events=observations, cursor=cursor)
 
 
 def failure_summary(run: dg.DagsterRun, error: str | None, step_errors: dict[str, str] | None = None) -> dict:

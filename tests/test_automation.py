@@ -119,6 +119,37 @@ def test_source_sensor_requests_a_data_run_only_after_a_source_changes(local_sou
     assert not again.run_requests, "the same change must not be requested twice"
 
 
+def observed_versions(result) -> dict[tuple[str, str], str]:
+    """(source asset, partition) -> data version of the observations a sensor tick records."""
+    return {
+        (event.asset_key.to_user_string(), event.partition): event.tags["dagster/data_version"]
+        for event in result.asset_events
+    }
+
+
+def test_source_sensor_records_observations_that_agree_with_observing_the_sources(local_source_recipes):
+    first = evaluate(None)
+    observed = observed_versions(first)
+    assert {partition for _, partition in observed} == {"tiny"}
+    assert ("source_smoltalk", "tiny") in observed and len(observed) == 8, observed
+    # The UI's "Observe sources" runs the observable source assets: they must report the same versions.
+    from assets.sources import SOURCE_ASSETS
+
+    for source in SOURCE_ASSETS:
+        reported = source.observe_fn(dg.build_asset_context()).data_versions_by_partition
+        assert reported["tiny"].value == observed[(source.key.to_user_string(), "tiny")], source.key
+
+    assert not evaluate(first.cursor).asset_events, "unchanged sources are not observed again"
+    with (local_source_recipes / "train.jsonl").open("a") as handle:
+        handle.write(
+            json.dumps({"messages": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}]})
+            + "\n"
+        )
+    changed = observed_versions(evaluate(first.cursor))
+    assert changed[("source_smoltalk", "tiny")] != observed[("source_smoltalk", "tiny")]
+    assert {key for key in changed if changed[key] != observed[key]} == {("source_smoltalk", "tiny")}
+
+
 def test_source_sensor_with_a_stale_cursor_requests_the_data_job(local_source_recipes):
     result = evaluate(json.dumps({"tiny": "0000000000000000"}))
     assert [request.partition_key for request in result.run_requests] == ["tiny"]

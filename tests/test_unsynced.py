@@ -28,6 +28,7 @@ from dagster_dev import (
     CHAIN_TIMEOUT_S,
     DAGSTER,
     DOGE_DAGSTER,
+    cli_env,
     code_location_assets,
     latest_materializations,
     run_command,
@@ -56,7 +57,8 @@ STALE_SCRIPT = textwrap.dedent(
         out[key.to_user_string()] = {
             "status": resolver.get_status(key, sys.argv[1]).value,
             "causes": [
-                {"key": cause.asset_key.to_user_string(), "category": cause.category.value, "reason": cause.reason}
+                {"key": cause.asset_key.to_user_string(), "category": cause.category.value, "reason": cause.reason,
+                 "dependency": cause.dependency.asset_key.to_user_string() if cause.dependency else None}
                 for cause in resolver.get_stale_causes(key, sys.argv[1])
             ],
         }
@@ -151,7 +153,9 @@ def test_the_ui_graphql_api_shows_the_same_unsynced_assets(edited, tiny_chain, t
         work, artifact_root=edited["store"], dagster_home=home, recipes_dir=edited["recipes"]
     ) as server:
         nodes = server.stale_status("tiny")
-    assert_exactly_the_downstream_of_sft_is_stale({asset: info for asset, info in nodes.items() if info["materializable"]})
+    assert_exactly_the_downstream_of_sft_is_stale(
+        {asset: info for asset, info in nodes.items() if info["materializable"]}
+    )
 
 
 @pytest.mark.slow
@@ -176,11 +180,57 @@ def test_rerunning_full_pipeline_recomputes_only_the_unsynced_stages(edited, tin
     # The new versions are what the edited recipe plans; the old ones stay published beside them.
     for asset in ("doge_instruct_sft", "doge_reason"):
         assert latest[asset]["version"] == planned_version(asset, EDIT) != planned_version(asset)
-        assert {planned_version(asset), planned_version(asset, EDIT)} <= set(
-            published_versions(edited["store"], asset)
-        )
+        assert {planned_version(asset), planned_version(asset, EDIT)} <= set(published_versions(edited["store"], asset))
     assert latest["doge_base"]["version"] == planned_version("doge_base")
     # ... and now nothing is stale any more.
     statuses = stale_status(env)
     assert not stale_assets(statuses), {asset: info for asset, info in statuses.items() if info["status"] != "FRESH"}
     print(f"full_pipeline after the SFT edit: {seconds:.0f}s, recomputed {sorted(recomputed)}")
+
+
+# -- a data change ----------------------------------------------------------------------------------------------------
+SENSOR_TICK_SCRIPT = textwrap.dedent(
+    """
+    import dagster as dg
+    from doge_dagster.definitions import defs
+    from jobs.automation import source_data_sensor
+
+    instance = dg.DagsterInstance.get()
+    context = dg.build_sensor_context(instance=instance, repository_def=defs.get_repository_def())
+    result = source_data_sensor.evaluate_tick(context)
+    for event in result.asset_events:  # what the daemon does with a tick's asset events
+        instance.report_runless_asset_event(event)
+    print(f"RESULT-JSON {len(result.asset_events)}")
+    """
+)
+CHANGE_SCRIPT = textwrap.dedent(
+    """
+    import dagster as dg
+    dg.DagsterInstance.get().report_runless_asset_event(
+        dg.AssetObservation("source_smoltalk", partition="tiny", tags={"dagster/data_version": "new-smoltalk-rows"})
+    )
+    """
+)
+
+
+def data_causes(statuses: dict[str, dict], asset: str) -> list[str]:
+    """The dependencies whose new data version makes `asset` stale."""
+    return [cause["dependency"] for cause in statuses[asset]["causes"] if cause["category"] == "DATA"]
+
+
+def test_a_source_data_change_flags_the_mixtures_built_on_it(tmp_path):
+    env = cli_env(tmp_path / "home", tmp_path / "artifacts")
+    tick = run_command([sys.executable, "-c", SENSOR_TICK_SCRIPT], env, 300)
+    assert tick.returncode == 0 and "RESULT-JSON 8" in tick.stdout, tail(tick.stdout)  # tiny's eight sources
+    built = run_command(
+        [DAGSTER, "asset", "materialize", "-m", "doge_dagster.definitions", "--select", "tokenizer,sft_mixture,pretrain_mixture", "--partition", "tiny"],
+        env, 900, log_path=ARTIFACTS_DIR / "unsynced-data-change.log",
+    )  # fmt: skip
+    assert built.returncode == 0, tail(built.stdout)
+    before = stale_status(env)
+    assert not data_causes(before, "sft_mixture") and not data_causes(before, "pretrain_mixture"), before
+
+    assert run_command([sys.executable, "-c", CHANGE_SCRIPT], env, 120).returncode == 0  # smoltalk got new rows
+    after = stale_status(env)
+    assert after["sft_mixture"]["status"] == "STALE" and "source_smoltalk" in data_causes(after, "sft_mixture"), after
+    assert "source_smoltalk" not in data_causes(after, "pretrain_mixture"), "pretraining does not read smoltalk"
