@@ -1,7 +1,8 @@
 """`doge-dagster`: small commands around the pipeline that need no Dagster instance.
 
-  doge-dagster lineage doge_instruct --partition tiny      # sources -> ... -> artifact, with versions
-  doge-dagster versions --partition tiny                   # every node's version and whether it is published
+doge-dagster lineage doge_instruct --partition tiny      # sources -> ... -> artifact, with versions
+doge-dagster lineage doge_base --partition tiny --version 0123456789abcdef   # as recorded in manifests
+doge-dagster versions --partition tiny                   # every node's version and whether it is published
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ def status(store: ArtifactStore, node: str, partition: str, version: str) -> str
 def lineage_lines(node: str, partition: str, planned: dict[str, Planned], store: ArtifactStore) -> list[str]:
     """Human-readable lineage from the sources to `node`."""
     lines = []
-    sources = sorted({name: version for step in ancestry(node) for name, version in planned[step].upstream.items() if name.startswith("source_")}.items())
+    sources = sorted(
+        {
+            name: version
+            for step in ancestry(node)
+            for name, version in planned[step].upstream.items()
+            if name.startswith("source_")
+        }.items()
+    )
     for name, version in sources:
         lines.append(f"{name:<24} {version}")
     for step in ancestry(node):
@@ -39,17 +47,59 @@ def lineage_lines(node: str, partition: str, planned: dict[str, Planned], store:
     return lines
 
 
+def recorded_lineage_lines(node: str, partition: str, version: str, store: ArtifactStore) -> list[str]:
+    """Lineage of one published artifact as its manifests recorded it: the inputs that really produced it,
+    whatever the recipe says today (an older recipe, a one-run override, a continued pretraining)."""
+    sources: dict[str, str] = {}
+    lines: list[str] = []
+    seen: set[tuple[str, str]] = set()
+
+    def visit(asset: str, asset_version: str) -> None:
+        if asset.startswith("source_"):
+            sources[asset] = asset_version
+            return
+        if (asset, asset_version) in seen:
+            return
+        seen.add((asset, asset_version))
+        manifest = store.read_manifest(asset, partition, asset_version)
+        if manifest is None:
+            lines.append(f"{asset:<24} {asset_version}  [missing: no manifest, so its inputs are unknown]")
+            return
+        for upstream, upstream_version in sorted(manifest.upstream.items()):
+            visit(upstream, upstream_version)
+        inputs = ", ".join(f"{name}@{value[:8]}" for name, value in sorted(manifest.upstream.items()))
+        lines.append(f"{asset:<24} {asset_version}  [{status(store, asset, partition, asset_version)}]  <- {inputs}")
+
+    visit(node, version)
+    return [f"{name:<24} {value}" for name, value in sorted(sources.items())] + lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and print."""
-    parser = argparse.ArgumentParser(prog="doge-dagster", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="doge-dagster", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     lineage = commands.add_parser("lineage", help="print the chain from the sources to an asset, with versions")
     lineage.add_argument("asset", choices=sorted(NODES))
+    lineage.add_argument(
+        "--version", help="a published version: print the lineage its manifests recorded instead of the recipe's plan"
+    )
     versions = commands.add_parser("versions", help="every asset's version for a partition and whether it is published")
     for sub in (lineage, versions):
         sub.add_argument("--partition", required=True, help="recipe name, e.g. tiny")
-        sub.add_argument("--root", default=os.environ.get("DOGE_ARTIFACT_ROOT", str(PROJECT_ROOT / ".doge")), help="artifact store root")
-        sub.add_argument("--override", action="append", default=[], metavar="PATH=VALUE", help="recipe override, as a run tag would set")
+        sub.add_argument(
+            "--root",
+            default=os.environ.get("DOGE_ARTIFACT_ROOT", str(PROJECT_ROOT / ".doge")),
+            help="artifact store root",
+        )
+        sub.add_argument(
+            "--override",
+            action="append",
+            default=[],
+            metavar="PATH=VALUE",
+            help="recipe override, as a run tag would set",
+        )
     args = parser.parse_args(argv)
     try:
         recipe = apply_overrides(load_recipe(args.partition), dict(item.split("=", 1) for item in args.override))
@@ -59,7 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     planned = plan_versions(recipe)
     store = ArtifactStore(args.root)
     try:
-        if args.command == "lineage":
+        if args.command == "lineage" and args.version:
+            if store.read_manifest(args.asset, args.partition, args.version) is None:
+                print(f"--version: {args.asset}[{args.partition}] has no published version {args.version}; "
+                      f"`doge-dagster versions --partition {args.partition}` lists the planned ones", file=sys.stderr)  # fmt: skip
+                return 2
+            print("\n".join(recorded_lineage_lines(args.asset, args.partition, args.version, store)))
+        elif args.command == "lineage":
             print("\n".join(lineage_lines(args.asset, args.partition, planned, store)))
         else:
             for name, info in planned.items():

@@ -285,3 +285,22 @@ def test_lineage_and_versions_on_the_materialized_chain_say_published(tiny_chain
     assert set(LINEAGE_CHAIN) < set(versions)
     for node, line in versions.items():
         assert planned_version(node) in line and "[published " in line, line
+    # The recorded lineage of the published model, read back from the manifests, is the same chain.
+    recorded = node_lines(
+        lineage(env, "lineage", "doge_instruct", "--partition", "tiny", "--version", planned_version("doge_instruct"))
+    )
+    assert set(recorded) == set(lines), recorded
+    for node in LINEAGE_CHAIN:
+        assert recorded[node].split()[1] == planned_version(node) and "[published " in recorded[node], recorded[node]
+    for name in (name for name in lines if name.startswith("source_")):
+        assert recorded[name].split()[1] == lines[name].split()[1], (recorded[name], lines[name])
+
+
+def test_recorded_lineage_of_an_unpublished_version_says_how_to_find_one(tmp_path):
+    result = run_command(
+        [DOGE_DAGSTER, "lineage", "doge_base", "--partition", "tiny", "--version", "0123456789abcdef"],
+        cli_env(tmp_path / "home", tmp_path / "empty"), 120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "doge_base[tiny] has no published version 0123456789abcdef" in result.stdout
+    assert "doge-dagster versions --partition tiny" in result.stdout

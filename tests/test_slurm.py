@@ -271,6 +271,26 @@ def test_interrupting_the_step_cancels_the_job(slurm_cluster, tiny_data, tmp_pat
     assert any(message.startswith("cancelled Slurm job") for message in report["logs"])
 
 
+@pytest.mark.slow
+def test_a_job_past_its_time_limit_fails_the_step_as_timeout_and_keeps_its_checkpoints(
+    slurm_cluster,
+    tiny_data,
+    tmp_path,  # noqa: F811
+):
+    recipes = tiny_recipes(
+        tmp_path / "recipes", training={"max_steps": 100000, "save_steps": 10}, launch={"time_limit": "00:01:00"}
+    )
+    report = run_driver(recipes, tiny_data, slurm_cluster.shared_dir, tmp_path / "out.json", ["doge_base"], timeout=400)
+    assert not report["success"]
+    failure = "\n".join(report["failures"])
+    assert "ended TIMEOUT" in failure and "last 40 lines of" in failure, failure
+    assert "DUE TO TIME LIMIT" in failure, "the log tail should show Slurm's own time-limit message"
+    assert not slurm_cluster.queue()
+    # The killed job kept its checkpoints: a re-materialization (with a longer limit) resumes from them.
+    checkpoints = list(tiny_data.glob("doge_base/tiny/.work/*/checkpoints/checkpoint-*/trainer_state.json"))
+    assert checkpoints, "no complete checkpoint survived the time limit"
+
+
 class FakeLog:
     """Collects what the backend logs into a Dagster run."""
 
