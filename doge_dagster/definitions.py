@@ -58,6 +58,10 @@ def compute_from_env() -> ComputeResource:
         )
         if name in env
     }
+    if env.get("DOGE_K8S_ENV_FROM_SECRETS"):  # e.g. the Secret holding the S3 keys: pods get them by reference
+        kubernetes["env_from_secrets"] = [
+            name.strip() for name in env["DOGE_K8S_ENV_FROM_SECRETS"].split(",") if name.strip()
+        ]
     return ComputeResource(
         backend=env.get("DOGE_COMPUTE_BACKEND", "local"),
         scratch_dir=env.get("DOGE_SCRATCH_DIR", "/tmp/doge-work"),

@@ -100,7 +100,8 @@ def env_entries(settings: KubernetesSettings, env: Mapping[str, str], stage: str
             "written into a pod spec; create a Kubernetes Secret and reference it with compute.kubernetes.secret_env "
             "(e.g. {"
             + f"{missing[0]!r}: "
-            + "{'name': 'doge-s3', 'key': '...'}}) or compute.kubernetes.env_from_secrets"
+            + "{'name': 'doge-s3', 'key': '...'}}) or compute.kubernetes.env_from_secrets "
+            "(environment: DOGE_K8S_ENV_FROM_SECRETS=doge-s3)"
         )
     for name, ref in settings.secret_env.items():
         entries.append({"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})

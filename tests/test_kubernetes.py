@@ -450,8 +450,51 @@ def test_the_pipes_client_settings():
 
 
 def test_evaluation_launches_run_their_own_entrypoint():
-    spec = StageSpec(**{**json.loads(make_spec().to_json()), "stage": "base", "asset_name": "base_eval", "module": "doge_dagster.evaluation"})
+    spec = StageSpec(
+        **{
+            **json.loads(make_spec().to_json()),
+            "stage": "base",
+            "asset_name": "base_eval",
+            "module": "doge_dagster.evaluation",
+        }
+    )
     body = k8s.pod_spec(settings(), spec, LaunchRecipe(gpus_per_node=1, accelerate_config="single_gpu"), HOST_ENV)
     pod = api_model(pod_manifest(body), "V1Pod")
-    assert pod.spec.containers[0].command[-5:] == ["-m", "doge_dagster.evaluation", "base", "--spec", "env:DOGE_SPEC_JSON"]
+    assert pod.spec.containers[0].command[-5:] == [
+        "-m",
+        "doge_dagster.evaluation",
+        "base",
+        "--spec",
+        "env:DOGE_SPEC_JSON",
+    ]
     assert k8s.labels(spec)["doge-dagster/asset"] == "base_eval"
+
+
+# -- choosing the backend from the environment (doge_dagster.definitions.compute_from_env) --------------------------
+def test_the_environment_alone_selects_and_configures_each_backend(monkeypatch):
+    from doge_dagster.definitions import compute_from_env
+
+    for name in [key for key in os.environ if key.startswith(("DOGE_K8S_", "DOGE_SLURM_", "DOGE_COMPUTE_"))]:
+        monkeypatch.delenv(name)
+    assert compute_from_env().backend == "local"
+
+    monkeypatch.setenv("DOGE_COMPUTE_BACKEND", "slurm")
+    monkeypatch.setenv("DOGE_SLURM_SHARED_DIR", "/shared/doge")
+    monkeypatch.setenv("DOGE_SLURM_PARTITION", "gpu")
+    slurm = compute_from_env()
+    assert slurm.backend == "slurm" and (slurm.slurm.shared_dir, slurm.slurm.partition) == ("/shared/doge", "gpu")
+
+    monkeypatch.setenv("DOGE_COMPUTE_BACKEND", "kubernetes")
+    monkeypatch.setenv("DOGE_K8S_NAMESPACE", "training")
+    monkeypatch.setenv("DOGE_K8S_IMAGE", "registry.example.com/doge-dagster:0.1.0")
+    bare = compute_from_env()
+    assert bare.backend == "kubernetes" and bare.kubernetes.namespace == "training"
+    with pytest.raises(LaunchError, match="DOGE_K8S_ENV_FROM_SECRETS=doge-s3"):
+        k8s.env_entries(bare.kubernetes, HOST_ENV, "pretrain")  # S3 keys, and no way to pass them by reference
+
+    monkeypatch.setenv("DOGE_K8S_ENV_FROM_SECRETS", "doge-s3, doge-hub")
+    configured = compute_from_env()
+    assert configured.kubernetes.env_from_secrets == ["doge-s3", "doge-hub"]
+    entries = k8s.env_entries(configured.kubernetes, HOST_ENV, "pretrain")
+    assert not any(ACCESS_KEY in json.dumps(entry) or SECRET_KEY in json.dumps(entry) for entry in entries)
+    assert {"name": "NCCL_DEBUG", "value": "WARN"} in entries
