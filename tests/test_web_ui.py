@@ -96,6 +96,19 @@ def graph_nodes_and_edges(page, names: set[str]) -> tuple[dict[str, dict], set[t
     return nodes, edges
 
 
+def choose_graph_setting(page, item: re.Pattern, attempts: int = 3) -> None:
+    """Open the lineage graph's settings menu and pick `item`. Retried: the community dialog of a fresh
+    instance can pop up meanwhile, and dismissing it (the locator handler) also closes the menu."""
+    for _ in range(attempts):
+        page.get_by_role("button", name="settings", exact=True).click()
+        try:
+            page.get_by_role("menuitem", name=item).click(timeout=15_000)
+            return
+        except PlaywrightTimeoutError:
+            page.keyboard.press("Escape")
+    raise AssertionError(f"the graph settings menu never offered {item.pattern!r} in {attempts} attempts")
+
+
 def launch_materialization(page, server: DagsterDev, asset: str, partition: str) -> str:
     """From the asset page: Materialize..., pick `partition`, launch one run; returns the run id from the toast."""
     page.goto(f"{server.base_url}/assets/{asset}", wait_until="domcontentloaded")
@@ -196,8 +209,7 @@ def test_lineage_partitions_and_materializing_from_the_ui(tmp_path):
             page.goto(f"{server.base_url}/asset-groups", wait_until="domcontentloaded")
             page.locator("svg foreignObject.group").first.wait_for()
             shot(page, "01-lineage-groups")
-            page.get_by_role("button", name="settings", exact=True).click()
-            page.get_by_role("menuitem", name=re.compile("Expand all groups")).click()
+            choose_graph_setting(page, re.compile("Expand all groups"))
             page.keyboard.press("Escape")
             deadline = time.monotonic() + 60
             nodes, edges = graph_nodes_and_edges(page, names)
