@@ -72,12 +72,11 @@ def bench(
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    return throughput(model, size, attention, device, f"{batch} x {seq}", batch * seq * steps / seconds)
+    return throughput(model, size, attention, device, seq, f"{batch} x {seq}", batch * seq * steps / seconds)
 
 
-def throughput(model, size: str, attention: str, device: str, shape: str, tokens_per_second: float) -> dict:
+def throughput(model, size: str, attention: str, device: str, seq: int, shape: str, tokens_per_second: float) -> dict:
     """One result row: tokens/s, MFU against the card's bf16 peak, peak memory since the last reset."""
-    seq = int(shape.rsplit("x", 1)[1])
     card = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     peak = next((value for key, value in PEAK_BF16_FLOPS.items() if key in card), None)
     mfu = flops_per_token(model, seq) * tokens_per_second / peak if peak else None
@@ -158,7 +157,7 @@ def bench_trainer(
     seconds = clock.times[warmup + steps] - clock.times[warmup]
     shape = f"{batch} x {accumulation} acc x {seq}"
     return throughput(
-        model, size, model.config._attn_implementation, device, shape, batch * accumulation * seq * steps / seconds
+        model, size, model.config._attn_implementation, device, seq, shape, batch * accumulation * seq * steps / seconds
     )
 
 

@@ -12,18 +12,22 @@ import datetime
 import os
 import sys
 
-from doge_dagster.artifacts import ArtifactStore
+from doge_dagster.artifacts import ArtifactStore, Manifest
 from doge_dagster.plan import NODES, Planned, ancestry, plan_versions
 from doge_dagster.recipes import PROJECT_ROOT, RecipeError, apply_overrides, load_recipe
 
 
-def status(store: ArtifactStore, node: str, partition: str, version: str) -> str:
-    """`published <time>` or `missing` for one artifact version."""
-    manifest = store.read_manifest(node, partition, version)
+def published_label(manifest: Manifest | None) -> str:
+    """`published <time>` for a complete artifact, `missing` for none."""
     if manifest is None:
         return "missing"
     created = datetime.datetime.fromtimestamp(manifest.created).strftime("%Y-%m-%d %H:%M")
     return f"published {created}"
+
+
+def status(store: ArtifactStore, node: str, partition: str, version: str) -> str:
+    """`published <time>` or `missing` for one artifact version."""
+    return published_label(store.read_manifest(node, partition, version))
 
 
 def lineage_lines(node: str, partition: str, planned: dict[str, Planned], store: ArtifactStore) -> list[str]:
@@ -47,30 +51,31 @@ def lineage_lines(node: str, partition: str, planned: dict[str, Planned], store:
     return lines
 
 
-def recorded_lineage_lines(node: str, partition: str, version: str, store: ArtifactStore) -> list[str]:
+def recorded_lineage_lines(root: Manifest, store: ArtifactStore) -> list[str]:
     """Lineage of one published artifact as its manifests recorded it: the inputs that really produced it,
     whatever the recipe says today (an older recipe, a one-run override, a continued pretraining)."""
+    partition = root.partition
     sources: dict[str, str] = {}
     lines: list[str] = []
     seen: set[tuple[str, str]] = set()
 
-    def visit(asset: str, asset_version: str) -> None:
+    def visit(asset: str, asset_version: str, manifest: Manifest | None = None) -> None:
         if asset.startswith("source_"):
             sources[asset] = asset_version
             return
         if (asset, asset_version) in seen:
             return
         seen.add((asset, asset_version))
-        manifest = store.read_manifest(asset, partition, asset_version)
+        manifest = manifest or store.read_manifest(asset, partition, asset_version)
         if manifest is None:
             lines.append(f"{asset:<24} {asset_version}  [missing: no manifest, so its inputs are unknown]")
             return
         for upstream, upstream_version in sorted(manifest.upstream.items()):
             visit(upstream, upstream_version)
         inputs = ", ".join(f"{name}@{value[:8]}" for name, value in sorted(manifest.upstream.items()))
-        lines.append(f"{asset:<24} {asset_version}  [{status(store, asset, partition, asset_version)}]  <- {inputs}")
+        lines.append(f"{asset:<24} {asset_version}  [{published_label(manifest)}]  <- {inputs}")
 
-    visit(node, version)
+    visit(root.asset, root.version, root)
     return [f"{name:<24} {value}" for name, value in sorted(sources.items())] + lines
 
 
@@ -106,20 +111,24 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as error:
         print(error, file=sys.stderr)
         return 2
-    planned = plan_versions(recipe)
     store = ArtifactStore(args.root)
+    if args.command == "lineage" and args.version:
+        # Manifests only: no plan, so no source fingerprints (Hub lookups for the real sizes).
+        recorded = store.read_manifest(args.asset, args.partition, args.version)
+        if recorded is None:
+            print(f"--version: {args.asset}[{args.partition}] has no published version {args.version}; "
+                  f"`doge-dagster versions --partition {args.partition}` lists the planned ones", file=sys.stderr)  # fmt: skip
+            return 2
+        lines = recorded_lineage_lines(recorded, store)
+    elif args.command == "lineage":
+        lines = lineage_lines(args.asset, args.partition, plan_versions(recipe), store)
+    else:
+        lines = [
+            f"{name:<24} {info.version}  [{status(store, name, args.partition, info.version)}]"
+            for name, info in plan_versions(recipe).items()
+        ]
     try:
-        if args.command == "lineage" and args.version:
-            if store.read_manifest(args.asset, args.partition, args.version) is None:
-                print(f"--version: {args.asset}[{args.partition}] has no published version {args.version}; "
-                      f"`doge-dagster versions --partition {args.partition}` lists the planned ones", file=sys.stderr)  # fmt: skip
-                return 2
-            print("\n".join(recorded_lineage_lines(args.asset, args.partition, args.version, store)))
-        elif args.command == "lineage":
-            print("\n".join(lineage_lines(args.asset, args.partition, planned, store)))
-        else:
-            for name, info in planned.items():
-                print(f"{name:<24} {info.version}  [{status(store, name, args.partition, info.version)}]")
+        print("\n".join(lines))
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader stopped early (`doge-dagster versions ... | head`): not an error. Point stdout at

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers import PROJECT_ROOT, dagster_env, kill_group, processes_in_group, run_command, tail
+from helpers import DAGSTER_BIN, PROJECT_ROOT, dagster_env, kill_group, processes_in_group, run_command, tail
 
 VENV_BIN = Path(sys.executable).parent
-DAGSTER = str(VENV_BIN / "dagster")
+DAGSTER = str(DAGSTER_BIN)
 DG = str(VENV_BIN / "dg")
 DOGE_DAGSTER = str(VENV_BIN / "doge-dagster")
 ARTIFACTS_DIR = PROJECT_ROOT / "test-artifacts"  # screenshots and logs (gitignored)

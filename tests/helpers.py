@@ -126,6 +126,11 @@ def cli_materialize_command(selection: str, partition: str = "tiny") -> list[str
     ]
 
 
+def cli_job_execute_command(job: str, tags: dict[str, str]) -> list[str]:
+    """`dagster job execute -m doge_dagster.definitions -j JOB --tags JSON` (a run as a schedule would start it)."""
+    return [str(DAGSTER_BIN), "job", "execute", "-m", "doge_dagster.definitions", "-j", job, "--tags", json.dumps(tags)]
+
+
 def run_cli_materialize(
     selection: str, env: dict[str, str], timeout: float, log_path: Path | None = None
 ) -> subprocess.CompletedProcess:

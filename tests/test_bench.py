@@ -15,11 +15,15 @@ from helpers import PROJECT_ROOT, tail
 SMOKE = ["--device", "cpu", "--sizes", "20M", "--seq", "32", "--batch", "1", "--steps", "1", "--warmup", "1"]
 
 
-def run_bench_gpu(*extra: str) -> str:
-    result = subprocess.run(
+def bench_gpu(*extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "bench/bench_gpu.py", *SMOKE, *extra],
         check=False, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
+
+
+def run_bench_gpu(*extra: str) -> str:
+    result = bench_gpu(*extra)
     assert result.returncode == 0, tail(result.stdout + result.stderr)
     return result.stdout
 
@@ -38,8 +42,5 @@ def test_the_trainer_smoke_run_prints_a_row():
 
 
 def test_attention_override_is_refused_with_the_trainer():
-    result = subprocess.run(
-        [sys.executable, "bench/bench_gpu.py", *SMOKE, "--trainer", "2", "--attn", "eager"],
-        check=False, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    result = bench_gpu("--trainer", "2", "--attn", "eager")
     assert result.returncode == 2 and "--attn applies to the raw loop only" in result.stderr

@@ -33,7 +33,15 @@ from dagster_dev import (
     latest_materializations,
     run_command,
 )
-from helpers import DATA_ASSETS, PROJECT_ROOT, kill_group, planned_version, published_versions, tail
+from helpers import (
+    DATA_ASSETS,
+    PROJECT_ROOT,
+    cli_materialize_command,
+    kill_group,
+    planned_version,
+    published_versions,
+    tail,
+)
 
 DEFS = ["-m", "doge_dagster.definitions"]
 TAGS_TINY = '{"dagster/partition": "tiny"}'
@@ -42,10 +50,6 @@ TAGS_TINY = '{"dagster/partition": "tiny"}'
 def artifact_assets() -> list[str]:
     """Every asset with an artifact (sources excluded): tokenizer, mixtures, models (and reports if present)."""
     return [key for key in code_location_assets()["materializable"] if not key.startswith("source_")]
-
-
-def materialize_command(selection: str) -> list[str]:
-    return [DAGSTER, "asset", "materialize", *DEFS, "--select", selection, "--partition", "tiny"]
 
 
 def assert_ok(result: subprocess.CompletedProcess, what: str) -> None:
@@ -87,10 +91,10 @@ def test_quick_start_again_reports_every_asset_cached(tiny_chain, tmp_path):
 def test_readme_cli_block_data_assets_then_one_model(tiny_chain, tmp_path):
     env = tiny_chain.env(dagster_home=tiny_chain.copy_home(tmp_path / "home"))
     data = run_command(
-        materialize_command(",".join(DATA_ASSETS)), env, 600, log_path=ARTIFACTS_DIR / "cli-data-assets.log"
+        cli_materialize_command(",".join(DATA_ASSETS)), env, 600, log_path=ARTIFACTS_DIR / "cli-data-assets.log"
     )
     assert_ok(data, "the README's data-assets command")
-    model = run_command(materialize_command("doge_base"), env, 600, log_path=ARTIFACTS_DIR / "cli-doge-base.log")
+    model = run_command(cli_materialize_command("doge_base"), env, 600, log_path=ARTIFACTS_DIR / "cli-doge-base.log")
     assert_ok(model, "the README's one-model command")
     latest = latest_materializations(env, [*DATA_ASSETS, "doge_base"])
     assert all(entry["cached"] is True for entry in latest.values()), latest
@@ -99,7 +103,7 @@ def test_readme_cli_block_data_assets_then_one_model(tiny_chain, tmp_path):
 @pytest.mark.slow
 def test_materialize_the_tokenizer_on_an_empty_store(tmp_path):
     env = cli_env(tmp_path / "home", tmp_path / "artifacts")
-    result = run_command(materialize_command("tokenizer"), env, 600, log_path=ARTIFACTS_DIR / "cli-tokenizer.log")
+    result = run_command(cli_materialize_command("tokenizer"), env, 600, log_path=ARTIFACTS_DIR / "cli-tokenizer.log")
     assert_ok(result, "`dagster asset materialize --select tokenizer --partition tiny`")
     assert len(published_versions(tmp_path / "artifacts", "tokenizer")) == 1
     entry = latest_materializations(env, ["tokenizer"])["tokenizer"]

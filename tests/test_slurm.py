@@ -272,11 +272,7 @@ def test_interrupting_the_step_cancels_the_job(slurm_cluster, tiny_data, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_job_past_its_time_limit_fails_the_step_as_timeout_and_keeps_its_checkpoints(
-    slurm_cluster,
-    tiny_data,
-    tmp_path,  # noqa: F811
-):
+def test_a_job_past_its_time_limit_fails_the_step_as_timeout(slurm_cluster, tiny_data, tmp_path):  # noqa: F811
     recipes = tiny_recipes(
         tmp_path / "recipes", training={"max_steps": 100000, "save_steps": 10}, launch={"time_limit": "00:01:00"}
     )

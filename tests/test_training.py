@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from dagster_dev import CHAIN_TEST_TIMEOUT_S
 from helpers import (
-    DAGSTER_BIN,
     DATA_ASSETS,
     MODEL_ASSETS,
+    cli_job_execute_command,
     cli_materialize_command,
     copy_artifacts,
     dagster_env,
@@ -225,10 +225,7 @@ def test_continued_pretraining_starts_from_the_stable_snapshot_at_the_stable_lr(
 
     # What a tick of `retrain_schedule` launches: the pretrain job with the init_from override as a run tag.
     tags = {"dagster/partition": PARTITION, f"{OVERRIDE_TAG_PREFIX}stages.pretrain.init_from": f"doge_base:{base}"}
-    continued = run_command(
-        [str(DAGSTER_BIN), "job", "execute", "-m", "doge_dagster.definitions", "-j", "pretrain", "--tags", json.dumps(tags)],
-        env, 900, log_path=tmp_path / "continued.log",
-    )  # fmt: skip
+    continued = run_command(cli_job_execute_command("pretrain", tags), env, 900, log_path=tmp_path / "continued.log")
     assert_success(continued, "continued pretraining")
     assert f"continued pretraining from doge_base:{base}" in continued.stdout
     step, lr = first_logged_lr(continued.stdout)

@@ -26,7 +26,6 @@ from dagster_dev import (
     ARTIFACTS_DIR,
     CHAIN_TEST_TIMEOUT_S,
     CHAIN_TIMEOUT_S,
-    DAGSTER,
     DOGE_DAGSTER,
     cli_env,
     code_location_assets,
@@ -34,7 +33,15 @@ from dagster_dev import (
     run_command,
     start_dagster_dev,
 )
-from helpers import PROJECT_ROOT, planned_version, published_versions, tail, tiny_raw
+from helpers import (
+    PROJECT_ROOT,
+    cli_job_execute_command,
+    cli_materialize_command,
+    planned_version,
+    published_versions,
+    tail,
+    tiny_raw,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(CHAIN_TEST_TIMEOUT_S)]
 
@@ -165,7 +172,7 @@ def test_rerunning_full_pipeline_recomputes_only_the_unsynced_stages(edited, tin
     assets = [key for key in code_location_assets()["materializable"] if not key.startswith("source_")]
     started = time.monotonic()
     result = run_command(
-        [DAGSTER, "job", "execute", "-m", "doge_dagster.definitions", "-j", "full_pipeline", "--tags", '{"dagster/partition": "tiny"}'],
+        cli_job_execute_command("full_pipeline", {"dagster/partition": "tiny"}),
         env, CHAIN_TIMEOUT_S, log_path=ARTIFACTS_DIR / "unsynced-full-pipeline.log",
     )  # fmt: skip
     seconds = time.monotonic() - started
@@ -223,7 +230,7 @@ def test_a_source_data_change_flags_the_mixtures_built_on_it(tmp_path):
     tick = run_command([sys.executable, "-c", SENSOR_TICK_SCRIPT], env, 300)
     assert tick.returncode == 0 and "RESULT-JSON 8" in tick.stdout, tail(tick.stdout)  # tiny's eight sources
     built = run_command(
-        [DAGSTER, "asset", "materialize", "-m", "doge_dagster.definitions", "--select", "tokenizer,sft_mixture,pretrain_mixture", "--partition", "tiny"],
+        cli_materialize_command("tokenizer,sft_mixture,pretrain_mixture"),
         env, 900, log_path=ARTIFACTS_DIR / "unsynced-data-change.log",
     )  # fmt: skip
     assert built.returncode == 0, tail(built.stdout)
