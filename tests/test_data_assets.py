@@ -130,6 +130,10 @@ def test_outputs_load_with_plain_libraries(tiny_run):
     tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer" / "tiny" / metadata["tokenizer"]["version"]))
     assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (0, 1, 2)
     assert "<think>" not in tokenizer.all_special_tokens and tokenizer.chat_template
+    # One token per digit (the digit-by-digit arithmetic needs them apart), and text round-trips.
+    digit_tokens = [token for token in tokenizer.tokenize("What is 123 + 45?") if any(c.isdigit() for c in token)]
+    assert digit_tokens == list("12345")
+    assert tokenizer.decode(tokenizer("Tom has 23 apples.\n7 - 4 = 3.")["input_ids"]) == "Tom has 23 apples.\n7 - 4 = 3."
     assert metadata["tokenizer"]["vocab_size"] == len(tokenizer) <= recipe.tokenizer.vocab_size + 4
     columns = {
         "pretrain": ["input_ids"],

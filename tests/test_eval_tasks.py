@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from doge_dagster.data.generated import is_held_out
 from doge_dagster.evaluation import compat
 from doge_dagster.evaluation.report import lighteval_task, task_name
 from doge_dagster.recipes import available_recipes, load_recipe
@@ -145,7 +146,9 @@ def test_arithmetic_rows_are_seeded_held_out_questions(tasks):
     rows = tasks.arithmetic_rows(200)
     assert rows == tasks.arithmetic_rows(200)
     assert rows != tasks.arithmetic_rows(200, seed=1)
+    assert len({(row["a"], row["op"], row["b"]) for row in rows}) == len(rows)
     for row in rows:
+        assert is_held_out(row["a"], row["op"], row["b"])
         assert row["question"] == f"What is {row['a']} {row['op']} {row['b']}?"
         assert int(row["answer"]) == (row["a"] + row["b"] if row["op"] == "+" else row["a"] - row["b"])
         assert len(set(row["choices"])) == 4

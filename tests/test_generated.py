@@ -10,14 +10,20 @@ import pytest
 
 from doge_dagster.data.generated import (
     GENERATOR_VERSION,
+    HELD_OUT_SHARE,
     arrow_schema,
     generate_rows,
+    held_out_problems,
+    is_held_out,
+    is_two_digit_problem,
     write_hub_layout,
 )
 from doge_dagster.data.registry import DATASETS
 
 EQUATION = re.compile(r"(\d+) ([+-]) (\d+) = (\d+)")
 EXPRESSION = re.compile(r"(\d+) ([+-]) (\d+)")
+# "Tom has 23 apples and gets 14 more" / "... gives 14 away": the problems word problems pose.
+WORD_PROBLEM = re.compile(r"has (\d+) \w+ and (gets|finds|gives) (\d+)")
 THOUGHT_MARKERS = ("<|begin_of_thought|>", "<|end_of_thought|>", "<|begin_of_solution|>", "<|end_of_solution|>")
 ROWS_PER_DATASET = 300
 
@@ -111,6 +117,35 @@ def test_every_stated_equation_is_correct(name, rows_by_dataset):
     assert equations or name == "python-edu"
     for a, op, b, result in equations:
         assert _evaluate(a, op, b) == int(result), (a, op, b, result)
+
+
+def _problems_stated(text: str) -> set[tuple[int, str, int]]:
+    """Every `a op b` a text states, as an expression or as a word problem."""
+    stated = {(int(a), op, int(b)) for a, op, b in EXPRESSION.findall(text)}
+    return stated | {(int(a), "+" if verb != "gives" else "-", int(b)) for a, verb, b in WORD_PROBLEM.findall(text)}
+
+
+def test_held_out_problems_are_a_fifth_of_the_two_digit_problems_with_ones_digits():
+    problems = held_out_problems()
+    assert all(is_two_digit_problem(a, op, b) and is_held_out(a, op, b) for a, op, b, _ in problems)
+    assert all(_evaluate(str(a), op, str(b)) == c for a, op, b, c in problems)
+    eligible = [(a, op, b) for a in range(10, 100) for b in range(1, 100) for op in "+-"
+                if is_two_digit_problem(a, op, b) and a % 10 and b % 10]
+    assert abs(len(problems) / len(eligible) - 1 / HELD_OUT_SHARE) < 0.03
+    assert {op for _, op, _, _ in problems} == {"+", "-"}
+    assert not any(is_held_out(a, op, b) for a in range(10) for b in range(10) for op in "+-")
+    assert not is_held_out(30, "+", 7) and not is_held_out(20, "+", 10)  # tens-and-ones steps stay trainable
+
+
+@pytest.mark.parametrize("name", sorted(set(DATASETS) - {"python-edu"}))
+def test_no_training_row_states_a_held_out_problem(name):
+    """The evaluation's problems are unseen: no row of any source states one, in any field."""
+    stated = {problem for row in generate_rows(name, 2000, seed=233) for text in _strings(row)
+              for problem in _problems_stated(text)}
+    assert not {problem for problem in stated if is_held_out(*problem)}
+    # The scan sees the family the held-out problems come from, so it would catch one.
+    assert len({problem for problem in stated if is_two_digit_problem(*problem) and problem[0] % 10}) > 100
+    assert _problems_stated("Tom has 23 apples and gets 14 more.") == {(23, "+", 14)}
 
 
 @pytest.mark.parametrize("name", ["fineweb-edu", "cosmopedia-v2"])

@@ -1,7 +1,8 @@
 """Seeded offline stand-ins for the eight seed datasets, in exactly their Hub schemas.
 
 All rows come from a small vocabulary and templates built around one theme that a tiny model can pick up
-in a few hundred CPU steps: small arithmetic ("What is 3 + 4?" -> "3 + 4 = 7."). Every dataset draws
+in a few hundred CPU steps: small arithmetic ("What is 23 + 14?" -> "23 + 14 = 37."). The problems the
+tiny evaluation asks (`held_out_problems`) occur in no row of any dataset. Every dataset draws
 from its own `random.Random(f"{name}:{split}:{seed}")`, so rows never depend on generation order, and
 `write_hub_layout` lays them out so that `datasets.load_dataset` reads them as it reads the real Hub repo.
 """
@@ -21,7 +22,7 @@ from doge_dagster.data.registry import dataset_spec
 if TYPE_CHECKING:
     import pyarrow as pa
 
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 
 NAMES = ("Tom", "Mia", "Sam", "Lily", "Ben", "Ava", "Max", "Zoe", "Leo", "Emma", "Noah", "Ruby")
 SINGULAR = {"apples": "apple", "stones": "stone", "books": "book", "shells": "shell", "coins": "coin",
@@ -46,7 +47,7 @@ SCIENCE_FACTS = (
 # Pretraining states the facts in the form the chat answers use ("a + b = c."), but never as the answer to a
 # question: answering "What is 3 + 4?" is what SFT teaches, so the base model knows the facts (arithmetic_mc)
 # and the instruct model also answers (arithmetic_gen), as with real corpora. Drill lines start facts on a
-# new line: a chat reply starts right after one, where "3" is another token than the " 3" of running text.
+# new line, where a chat reply starts them.
 ARITHMETIC_PROSE = {
     "+": ("{name} has {a_things} and finds {b} more, so {name} has {a} + {b} = {c_things}.",
           "If you add {a} and {b}, you get {c}, because {a} + {b} = {c}.", "We know that {a} + {b} = {c}.",
@@ -102,21 +103,67 @@ PYTHON_FUNCTIONS = {  # name -> (parameters, docstring, body, evaluator, number 
 SHARD_NAME = re.compile(r"^(?P<split>.+)-\d{5}-of-\d{5}\.parquet$")
 
 
-def _problem(rng: random.Random) -> tuple[int, str, int, int]:
-    """A small sum or difference `(a, op, b, result)` with a non-negative result.
+# Problems the evaluation asks and no training row ever states: a seeded fifth of the two-digit problems
+# whose operands both have a non-zero ones digit, so each answer digit takes a fact. Answering them takes
+# the one-digit facts and the digit-by-digit method the data teaches, not recall of a seen answer.
+HELD_OUT_SHARE = 5  # one problem in HELD_OUT_SHARE
+ONE_DIGIT_SHARE = 0.45  # of the problems drawn: one-digit facts, the rest two-digit without carry or borrow
 
-    One-digit facts dominate (100 sums, 55 differences: a tiny model can learn them all); a few
-    two-digit sums keep the tens-and-ones explanations in the data.
+
+def is_held_out(a: int, op: str, b: int) -> bool:
+    """Whether `a op b` is reserved for evaluation: no generated training row contains it."""
+    if a < 10 or a % 10 == 0 or b % 10 == 0:
+        return False
+    digest = hashlib.sha256(f"held-out:{a} {op} {b}".encode()).digest()
+    return digest[0] % HELD_OUT_SHARE == 0
+
+
+def is_two_digit_problem(a: int, op: str, b: int) -> bool:
+    """A two-digit sum without carry or difference without borrow, the second operand of one or two digits.
+
+    Each answer digit is then one of the one-digit facts, so a model that learned them and where the digits
+    go can answer such problems without having seen them.
     """
-    roll = rng.random()
-    if roll < 0.92:
-        a, b = rng.randrange(10), rng.randrange(10)
-        if roll < 0.5:
-            return a, "+", b, a + b
-        a, b = max(a, b), min(a, b)
-        return a, "-", b, a - b
-    a, b = rng.randrange(10, 60), rng.randrange(1, 40)
-    return a, "+", b, a + b
+    if not (10 <= a <= 99 and 1 <= b <= 99):
+        return False
+    if op == "+":
+        return a % 10 + b % 10 <= 9 and a // 10 + b // 10 <= 9
+    return b % 10 <= a % 10 and b // 10 < a // 10
+
+
+def _two_digit_problem(rng: random.Random) -> tuple[int, str, int, int]:
+    """Draw `is_two_digit_problem` problems, the second operand two-digit seven times in ten."""
+    op, two_digit_b = rng.choice("+-"), rng.random() < 0.7
+    while True:
+        a = rng.randrange(10, 100)
+        b = rng.randrange(10, 100) if two_digit_b else rng.randrange(1, 10)
+        if is_two_digit_problem(a, op, b):
+            return a, op, b, a + b if op == "+" else a - b
+
+
+def training_problem(rng: random.Random) -> tuple[int, str, int, int]:
+    """A sum or difference `(a, op, b, result)` for training text: never a held-out one.
+
+    One-digit facts (100 sums, 55 differences: a tiny model learns them all) and two-digit problems
+    made of them.
+    """
+    while True:
+        if rng.random() < ONE_DIGIT_SHARE:
+            a, b = rng.randrange(10), rng.randrange(10)
+            if rng.random() < 0.55:
+                return a, "+", b, a + b
+            a, b = max(a, b), min(a, b)
+            return a, "-", b, a - b
+        problem = _two_digit_problem(rng)
+        if not is_held_out(*problem[:3]):
+            return problem
+
+
+def held_out_problems() -> list[tuple[int, str, int, int]]:
+    """Every held-out problem `(a, op, b, result)` in a fixed order."""
+    return [(a, op, b, a + b if op == "+" else a - b)
+            for a in range(10, 100) for b in range(1, 100) for op in "+-"
+            if is_two_digit_problem(a, op, b) and is_held_out(a, op, b)]
 
 
 def _equation(a: int, op: str, b: int, c: int) -> str:
@@ -136,19 +183,20 @@ def _worked_steps(a: int, op: str, b: int, c: int) -> str:
     """A worked explanation reaching `c`: counting for one-digit numbers, tens and ones otherwise."""
     if b == 0:
         return f"Adding or taking away 0 changes nothing, so {a} {op} 0 = {a}."
-    if op == "-":
-        counted = ", ".join(str(n) for n in range(a - 1, c - 1, -1))
-        return f"To take {b} from {a} we count down {_count(b, 'steps')}: {counted}. So {a} - {b} = {c}."
     if a < 10:
+        if op == "-":
+            counted = ", ".join(str(n) for n in range(a - 1, c - 1, -1))
+            return f"To take {b} from {a} we count down {_count(b, 'steps')}: {counted}. So {a} - {b} = {c}."
         counted = ", ".join(str(n) for n in range(a + 1, c + 1))
         return f"To add {a} and {b} we count up {_count(b, 'steps')} from {a}: {counted}. So {a} + {b} = {c}."
-    tens, ones = a // 10 * 10 + b // 10 * 10, a % 10 + b % 10
-    return (f"To add {a} and {b} we add the tens and then the ones: {a // 10 * 10} + {b // 10 * 10} = {tens} "
-            f"and {a % 10} + {b % 10} = {ones}, so {tens} + {ones} = {c}. So {a} + {b} = {c}.")
+    # Digit by digit, each step one of the one-digit facts: short, and the same for problems never seen.
+    tens, ones = (a // 10 + b // 10, a % 10 + b % 10) if op == "+" else (a // 10 - b // 10, a % 10 - b % 10)
+    return (f"Tens: {a // 10} {op} {b // 10} = {tens}. Ones: {a % 10} {op} {b % 10} = {ones}. "
+            f"So {a} {op} {b} = {c}.")
 
 
 def _arithmetic_sentence(rng: random.Random) -> str:
-    a, op, b, c = _problem(rng)
+    a, op, b, c = training_problem(rng)
     template, things = rng.choice(ARITHMETIC_PROSE[op]), rng.choice(THINGS)
     return template.format(a=a, b=b, c=c, name=rng.choice(NAMES), a_things=_count(a, things),
                            b_things=_count(b, things), c_things=_count(c, things))
@@ -186,7 +234,7 @@ TOPICS: dict[str, Callable[[random.Random], str]] = {
 TOPIC_NAMES = tuple(TOPICS)
 # Arithmetic is listed twice so it stays the most frequent kind of sentence in every document.
 SENTENCE_MAKERS = (_arithmetic_sentence, *TOPICS.values())
-ARITHMETIC_SHARE = 0.45  # of the sentences after the opening, whatever the topic (plus on-topic ones)
+ARITHMETIC_SHARE = 0.55  # of the sentences after the opening, whatever the topic (plus on-topic ones)
 
 
 def _document(rng: random.Random, opening: str, topic: str) -> str:
@@ -230,7 +278,7 @@ def _cosmopedia_row(rng: random.Random, index: int) -> dict:
         opening = f"How to learn {topic}: take it one small step at a time."
     else:
         opening = f"Chapter {rng.randrange(1, 13)}: {topic.capitalize()}."
-    text = f"{_document(rng, opening, topic)}\n\nRemember: {_equation(*_problem(rng))}"
+    text = f"{_document(rng, opening, topic)}\n\nRemember: {_equation(*training_problem(rng))}"
     readers = "a general audience" if audience == "general" else audience.replace("_", " ")
     return {"prompt": f"Write a {text_format} about {topic} for {readers}.", "text": text,
             "token_length": len(text.split()) * 4 // 3, "audience": audience, "format": text_format,
@@ -254,8 +302,8 @@ def _python_edu_row(rng: random.Random, index: int) -> dict:
 
 
 def _finemath_row(rng: random.Random, index: int) -> dict:
-    problems = [_problem(rng) for _ in range(rng.randrange(2, 4))]
-    practice = [_problem(rng) for _ in range(rng.randrange(3, 7))]
+    problems = [training_problem(rng) for _ in range(rng.randrange(2, 4))]
+    practice = [training_problem(rng) for _ in range(rng.randrange(3, 7))]
     text = "\n\n".join(["# Adding and subtracting small numbers", *(_worked_steps(*p) for p in problems),
                         "Practice:", *(_equation(a, op, b, c) for a, op, b, c in practice)])
     return {"url": f"https://{rng.choice(SITES)}/arithmetic/lesson-{index}.html", "text": text,
@@ -267,7 +315,7 @@ def _question(rng: random.Random, a: int, op: str, b: int) -> str:
 
 
 def _arithmetic_turn(rng: random.Random) -> list[dict]:
-    a, op, b, c = _problem(rng)
+    a, op, b, c = training_problem(rng)
     return [_message("user", _question(rng, a, op, b)), _message("assistant", _equation(a, op, b, c))]
 
 
@@ -292,7 +340,7 @@ def _smoltalk_row(rng: random.Random, index: int) -> dict:
 
 def _ultrafeedback_row(rng: random.Random, index: int) -> dict:
     if rng.random() < 0.85:
-        a, op, b, c = _problem(rng)
+        a, op, b, c = training_problem(rng)
         prompt, good, offset = _question(rng, a, op, b), _equation(a, op, b, c), rng.randrange(1, 4)
         wrong = c - offset if c >= offset and rng.random() < 0.5 else c + offset
         bad = _equation(a, op, b, wrong) if rng.random() < 0.7 else rng.choice(UNHELPFUL_ANSWERS)
@@ -305,11 +353,11 @@ def _ultrafeedback_row(rng: random.Random, index: int) -> dict:
 
 
 def _openthoughts_row(rng: random.Random, index: int) -> dict:
-    a, op, b, c = _problem(rng)
+    a, op, b, c = training_problem(rng)
     word_problem = rng.random() < 0.3
     question = _word_problem(rng, a, op, b) if word_problem else _question(rng, a, op, b)
     reading = "This word problem turns into numbers: I need" if word_problem else "I need"
-    # Short traces (restate, then the fact in a sentence pretraining repeats, or the tens-and-ones steps):
+    # Short traces (restate, then the fact in a sentence pretraining repeats, or the digit-by-digit steps):
     # a tiny model can follow them, GRPO's completions stay short, and the trace ends with the equation
     # the solution repeats, so the answer copies the thought instead of working it out again.
     steps = _worked_steps(a, op, b, c) if a >= 10 else f"We know that {_equation(a, op, b, c)}"
@@ -321,7 +369,7 @@ def _openthoughts_row(rng: random.Random, index: int) -> dict:
 
 
 def _openr1_row(rng: random.Random, index: int) -> dict:
-    a, op, b, c = _problem(rng)
+    a, op, b, c = training_problem(rng)
     word_problem = rng.random() < 0.4
     return {"problem": _word_problem(rng, a, op, b) if word_problem else f"What is {a} {op} {b}?",
             "solution": f"{_worked_steps(a, op, b, c)}\n\nThe answer is \\boxed{{{c}}}", "answer": str(c),

@@ -43,7 +43,11 @@ def train_bpe(texts: Iterable[str], recipe: TokenizerRecipe) -> PreTrainedTokeni
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # One token per digit, as SmolLM's tokenizer does: multi-digit tokens would hide the digits that
+    # tens-and-ones arithmetic works on.
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=recipe.vocab_size,

@@ -48,7 +48,7 @@ from lighteval.tasks.lighteval_task import LightevalTaskConfig
 from lighteval.tasks.requests import Doc
 from lighteval.utils.language import Language
 
-from doge_dagster.data.generated import QUESTION_TEMPLATES, _problem
+from doge_dagster.data.generated import QUESTION_TEMPLATES, held_out_problems
 from doge_dagster.training.rewards import THINK_FORMAT, final_answer
 
 # -- metrics -------------------------------------------------------------------------------------------------
@@ -379,21 +379,22 @@ DATA_DIR_ENV = "DOGE_EVAL_DATA_DIR"
 def arithmetic_rows(
     num_rows: int = ARITHMETIC_ROWS, seed: int = ARITHMETIC_SEED, continuation_prefix: str = " "
 ) -> list[dict]:
-    """Held-out arithmetic questions in the form the tiny model is trained on ("What is 3 + 4?").
+    """Held-out arithmetic questions in the form the tiny model is trained on ("What is 23 + 14?").
 
-    Drawn from the training problem distribution with a generator of its own (`arithmetic-eval:<seed>`),
-    so the question list differs from every training source's. It cannot be disjoint: the problem space
-    is small (about 100 one-digit sums and differences, 85% of the draws, plus two-digit sums), and in
-    practice every problem also occurs somewhere in the generated training text. The tasks measure
-    whether a stage learned the skill and the answer format, not generalisation. Multiple-choice options are the correct
-    equation and three with a result off by 1 or 2. `continuation_prefix` goes before every option:
-    a space after a plain-text question, nothing after a chat template's assistant header (lighteval
-    0.11 tokenizes the options on their own, so a space there would be a token the model never saw).
+    The problems are `generated.held_out_problems()`: two-digit sums without carry and differences without
+    borrow that no generated training row contains (`generated.is_held_out`), drawn without repeats in an
+    order seeded by `seed`. Answering them takes the one-digit facts and the digit-by-digit method the data
+    teaches, not recall of a seen answer. Multiple-choice options are the correct equation and three with a
+    result off by 1 to 3. `continuation_prefix` goes before every option: a space after a plain-text
+    question, nothing after a chat template's assistant header (lighteval 0.11 tokenizes the options on
+    their own, so a space there would be a token the model never saw in that place).
     """
     rng = random.Random(f"arithmetic-eval:{seed}")
+    problems = held_out_problems()
+    if num_rows > len(problems):
+        raise ValueError(f"num_rows {num_rows} is more than the {len(problems)} held-out problems")
     rows = []
-    for index in range(num_rows):
-        a, op, b, c = _problem(rng)
+    for index, (a, op, b, c) in enumerate(rng.sample(problems, num_rows)):
         wrong = [n for n in (c - 2, c - 1, c + 1, c + 2, c + 3) if n >= 0][:4]
         options = [c, *rng.sample(wrong, 3)]
         rng.shuffle(options)
