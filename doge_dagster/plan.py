@@ -221,6 +221,10 @@ def plan_versions(recipe: Recipe, fingerprint: Fingerprint | None = None, nodes:
         node = NODES[name]
         upstream = {parent: visit(parent).version for parent in node.upstream}
         upstream.update({use.asset_name: source_version(use) for use in node_sources(recipe, name)})
+        if name == "doge_base" and (init_version := recipe.stages.pretrain.init_base_version()):
+            # A continued base model's manifest records the checkpoint it started from, so its recorded
+            # lineage goes back through every earlier base model.
+            upstream["doge_base"] = init_version
         section = content_version(*(recipe.section(path) for path in node.sections))
         version = content_version(node.name, node.code_version, section, upstream)
         planned[name] = Planned(name, version, upstream, section)

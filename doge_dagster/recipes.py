@@ -275,6 +275,11 @@ class PretrainStage(StageRecipe):
             )
         return value
 
+    def init_base_version(self) -> str | None:
+        """The `doge_base` version this run continues from, when `init_from` names a published one."""
+        asset, _, version = (self.init_from or "").partition(":")
+        return version if asset == "doge_base" and version else None
+
 
 class GRPOStage(StageRecipe):
     """GRPO with verifiable rewards; `rewards` names functions of `doge_dagster.training.rewards`."""

@@ -10,7 +10,7 @@ import pytest
 
 from doge_dagster.data.generated import (
     GENERATOR_VERSION,
-    HELD_OUT_SHARE,
+    HELD_OUT_ONE_IN,
     arrow_schema,
     generate_rows,
     held_out_problems,
@@ -131,7 +131,7 @@ def test_held_out_problems_are_a_fifth_of_the_two_digit_problems_with_ones_digit
     assert all(_evaluate(str(a), op, str(b)) == c for a, op, b, c in problems)
     eligible = [(a, op, b) for a in range(10, 100) for b in range(1, 100) for op in "+-"
                 if is_two_digit_problem(a, op, b) and a % 10 and b % 10]
-    assert abs(len(problems) / len(eligible) - 1 / HELD_OUT_SHARE) < 0.03
+    assert abs(len(problems) / len(eligible) - 1 / HELD_OUT_ONE_IN) < 0.03
     assert {op for _, op, _, _ in problems} == {"+", "-"}
     assert not any(is_held_out(a, op, b) for a in range(10) for b in range(10) for op in "+-")
     assert not is_held_out(30, "+", 7) and not is_held_out(20, "+", 10)  # tens-and-ones steps stay trainable

@@ -450,3 +450,7 @@ def test_continued_pretraining_names_a_published_base_version(reference):
 def test_continued_pretraining_accepts_versions_hub_ids_and_folders(reference):
     recipe = apply_overrides(load_recipe("tiny"), {"stages.pretrain.init_from": reference})
     assert recipe.stages.pretrain.init_from == reference
+    # Only a published base version is an upstream artifact: it goes into the continued model's lineage.
+    upstream = plan_versions(recipe, _fingerprint, nodes=["doge_base"])["doge_base"].upstream
+    assert upstream.get("doge_base") == ("0123456789abcdef" if reference.startswith("doge_base:") else None)
+    assert "doge_base" not in plan_versions(load_recipe("tiny"), _fingerprint, nodes=["doge_base"])["doge_base"].upstream

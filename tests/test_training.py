@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from dagster_dev import CHAIN_TEST_TIMEOUT_S
+from dagster_dev import CHAIN_TEST_TIMEOUT_S, DOGE_DAGSTER
 from helpers import (
     DATA_ASSETS,
     MODEL_ASSETS,
@@ -233,7 +233,14 @@ def test_continued_pretraining_starts_from_the_stable_snapshot_at_the_stable_lr(
     versions = published_versions(root, "doge_base")
     assert len(versions) == 2 and base in versions, "the continued model is a new version beside its base"
     [continued_version] = set(versions) - {base}
-    metadata = read_manifest(root, "doge_base", continued_version)["metadata"]
+    manifest = read_manifest(root, "doge_base", continued_version)
+    assert manifest["upstream"]["doge_base"] == base  # the checkpoint it started from is in its lineage
+    recorded = run_command([DOGE_DAGSTER, "lineage", "doge_base", "--partition", PARTITION, "--version", continued_version], env, 120)
+    assert_success(recorded, "recorded lineage")
+    base_lines = [line for line in recorded.stdout.splitlines() if line.startswith("doge_base ")]
+    assert [line.split()[1] for line in base_lines] == [base, continued_version], recorded.stdout
+    assert f"doge_base@{base[:8]}" in base_lines[1]
+    metadata = manifest["metadata"]
     assert metadata["global_step"] == 30 and metadata["resumed_from_step"] == 0
     fresh_first_loss = read_manifest(root, "doge_base", base)["metadata"]["first_train_loss"]
     assert metadata["first_train_loss"] < 0.75 * fresh_first_loss, (

@@ -106,7 +106,7 @@ SHARD_NAME = re.compile(r"^(?P<split>.+)-\d{5}-of-\d{5}\.parquet$")
 # Problems the evaluation asks and no training row ever states: a seeded fifth of the two-digit problems
 # whose operands both have a non-zero ones digit, so each answer digit takes a fact. Answering them takes
 # the one-digit facts and the digit-by-digit method the data teaches, not recall of a seen answer.
-HELD_OUT_SHARE = 5  # one problem in HELD_OUT_SHARE
+HELD_OUT_ONE_IN = 5
 ONE_DIGIT_SHARE = 0.45  # of the problems drawn: one-digit facts, the rest two-digit without carry or borrow
 
 
@@ -115,7 +115,7 @@ def is_held_out(a: int, op: str, b: int) -> bool:
     if a < 10 or a % 10 == 0 or b % 10 == 0:
         return False
     digest = hashlib.sha256(f"held-out:{a} {op} {b}".encode()).digest()
-    return digest[0] % HELD_OUT_SHARE == 0
+    return digest[0] % HELD_OUT_ONE_IN == 0
 
 
 def is_two_digit_problem(a: int, op: str, b: int) -> bool:
