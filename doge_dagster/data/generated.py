@@ -180,7 +180,7 @@ def _word_problem(rng: random.Random, a: int, op: str, b: int) -> str:
 
 
 def _worked_steps(a: int, op: str, b: int, c: int) -> str:
-    """A worked explanation reaching `c`: counting for one-digit numbers, tens and ones otherwise."""
+    """A worked explanation reaching `c`: counting for one-digit numbers, digit by digit otherwise."""
     if b == 0:
         return f"Adding or taking away 0 changes nothing, so {a} {op} 0 = {a}."
     if a < 10:
