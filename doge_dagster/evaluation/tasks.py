@@ -417,13 +417,13 @@ def write_arithmetic_data(
 
 
 def arithmetic_mc_prompt(line: dict, task_name: str | None = None) -> Doc:
-    """ "What is 3 + 4?" with the four equations as continuations."""
+    """ "What is 23 + 14?" with the four equations as continuations."""
     return Doc(task_name=task_name, query=line["question"], choices=list(line["choices"]), gold_index=int(line["gold_index"]),
                specific={"answer": line["answer"]})  # fmt: skip
 
 
 def arithmetic_gen_prompt(line: dict, task_name: str | None = None) -> Doc:
-    """ "What is 3 + 4?" answered freely; the gold is the number."""
+    """ "What is 23 + 14?" answered freely; the gold is the number."""
     return Doc(
         task_name=task_name,
         query=line["question"],
