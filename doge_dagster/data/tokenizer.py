@@ -44,7 +44,7 @@ def train_bpe(texts: Iterable[str], recipe: TokenizerRecipe) -> PreTrainedTokeni
 
     backend = Tokenizer(models.BPE())
     # One token per digit, as SmolLM's tokenizer does: multi-digit tokens would hide the digits that
-    # tens-and-ones arithmetic works on.
+    # digit-by-digit arithmetic works on.
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )
