@@ -110,6 +110,10 @@ HELD_OUT_ONE_IN = 5
 ONE_DIGIT_SHARE = 0.45  # of the problems drawn: one-digit facts, the rest two-digit without carry or borrow
 
 
+def _result(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b
+
+
 def is_held_out(a: int, op: str, b: int) -> bool:
     """Whether `a op b` is reserved for evaluation: no generated training row contains it."""
     if a < 10 or a % 10 == 0 or b % 10 == 0:
@@ -138,7 +142,7 @@ def _two_digit_problem(rng: random.Random) -> tuple[int, str, int, int]:
         a = rng.randrange(10, 100)
         b = rng.randrange(10, 100) if two_digit_b else rng.randrange(1, 10)
         if is_two_digit_problem(a, op, b):
-            return a, op, b, a + b if op == "+" else a - b
+            return a, op, b, _result(a, op, b)
 
 
 def training_problem(rng: random.Random) -> tuple[int, str, int, int]:
@@ -161,7 +165,7 @@ def training_problem(rng: random.Random) -> tuple[int, str, int, int]:
 
 def held_out_problems() -> list[tuple[int, str, int, int]]:
     """Every held-out problem `(a, op, b, result)` in a fixed order."""
-    return [(a, op, b, a + b if op == "+" else a - b)
+    return [(a, op, b, _result(a, op, b))
             for a in range(10, 100) for b in range(1, 100) for op in "+-"
             if is_two_digit_problem(a, op, b) and is_held_out(a, op, b)]
 
@@ -190,7 +194,7 @@ def _worked_steps(a: int, op: str, b: int, c: int) -> str:
         counted = ", ".join(str(n) for n in range(a + 1, c + 1))
         return f"To add {a} and {b} we count up {_count(b, 'steps')} from {a}: {counted}. So {a} + {b} = {c}."
     # Digit by digit, each step one of the one-digit facts: short, and the same for problems never seen.
-    tens, ones = (a // 10 + b // 10, a % 10 + b % 10) if op == "+" else (a // 10 - b // 10, a % 10 - b % 10)
+    tens, ones = _result(a // 10, op, b // 10), _result(a % 10, op, b % 10)
     return (f"Tens: {a // 10} {op} {b // 10} = {tens}. Ones: {a % 10} {op} {b % 10} = {ones}. "
             f"So {a} {op} {b} = {c}.")
 
