@@ -68,7 +68,7 @@ NODES: dict[str, Node] = {
         group="instruct",
         sections=("stages.sft",),
         upstream=("doge_base", "sft_mixture", "tokenizer"),
-        code_version="sft-1",
+        code_version="sft-2",
         description="Supervised fine-tuning of doge_base on conversations, assistant tokens only.",
     ),
     "doge_instruct": Node(
@@ -76,7 +76,7 @@ NODES: dict[str, Node] = {
         group="instruct",
         sections=("stages.dpo",),
         upstream=("doge_instruct_sft", "dpo_mixture", "tokenizer"),
-        code_version="dpo-1",
+        code_version="dpo-2",
         description="Doge instruct model: DPO (sigmoid, implicit reference) of the SFT model on preference pairs.",
     ),
     "doge_reason_distill": Node(
@@ -84,7 +84,7 @@ NODES: dict[str, Node] = {
         group="reason",
         sections=("stages.distill",),
         upstream=("doge_instruct", "distill_mixture", "tokenizer"),
-        code_version="distill-1",
+        code_version="distill-2",
         description="Distillation SFT of the instruct model on reasoning traces kept as <think> blocks.",
     ),
     "doge_reason": Node(
@@ -92,7 +92,7 @@ NODES: dict[str, Node] = {
         group="reason",
         sections=("stages.grpo",),
         upstream=("doge_reason_distill", "grpo_mixture", "tokenizer"),
-        code_version="grpo-1",
+        code_version="grpo-2",
         description="Doge reason model: GRPO with accuracy (math-verify) and format rewards.",
     ),
     # Evaluations: lighteval reports on each model. instruct_eval / reason_eval also read the previous

@@ -45,6 +45,32 @@ def tiny_raw(edits: dict[str, Any] | None = None) -> dict[str, Any]:
     return raw
 
 
+def _short_stage(stage: str, steps: int, **extra: Any) -> dict[str, Any]:
+    log = max(1, steps // 3)
+    return {
+        f"stages.{stage}.training.max_steps": steps,
+        f"stages.{stage}.training.logging_steps": log,
+        f"stages.{stage}.training.save_steps": steps,
+        **{f"stages.{stage}.training.{key}": value for key, value in extra.items()},
+    }
+
+
+# The mechanics recipe: the tiny graph with a few steps per stage and 10 questions per report, for tests of
+# plumbing (a store, a backend, a launch, lineage) rather than of learning. Its models are undertrained,
+# so the reports' gates are opened (any regression tolerated, no minimum format rate); everything else,
+# the checks included, runs as in the shipped recipe. The session's `tiny_chain` is the one that learns.
+MECHANICS_EDITS: dict[str, Any] = {
+    **_short_stage("pretrain", 24, warmup_steps=2, lr_scheduler_kwargs={"num_decay_steps": 4, "min_lr_ratio": 0.0}),
+    **_short_stage("sft", 9),
+    **_short_stage("dpo", 6, learning_rate=1.0e-4),
+    **_short_stage("distill", 9),
+    **_short_stage("grpo", 3),
+    **{f"evaluation.{report}.max_samples": 10 for report in ("base", "instruct", "reason")},
+    **{f"evaluation.{report}.regression_tolerance": 1.0 for report in ("instruct", "reason")},
+    "evaluation.reason.min_format_rate": DELETE,
+}
+
+
 def tiny_recipe(edits: dict[str, Any] | None = None):
     """A validated `Recipe` of the edited tiny recipe."""
     from doge_dagster.recipes import parse_recipe

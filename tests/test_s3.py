@@ -1,7 +1,7 @@
 """The artifact store on a live S3 endpoint (moto server on 127.0.0.1).
 
-- The tiny chain (data, `doge_base`, `doge_instruct_sft`) materializes with the store on S3: every
-  manifest is in the bucket, the training processes reach S3 through their environment only, and the
+- The whole tiny graph, on the mechanics recipe (a few steps per stage), materializes with the store on
+  S3: every manifest is in the bucket, the evaluations read their models back from S3, the training processes reach S3 through their environment only, and the
   published models load from `store.local_path`.
 - An upload cut in the middle of `publish` (the publisher SIGKILLed, or its connection dropped) leaves
   no manifest, so nothing reads it as an output, and the next publish completes it.
@@ -27,7 +27,16 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import DATA_ASSETS, MODEL_ASSETS, PROJECT_ROOT, dagster_env, tail, wait_for
+from helpers import (
+    DATA_ASSETS,
+    MECHANICS_EDITS,
+    MODEL_ASSETS,
+    PROJECT_ROOT,
+    dagster_env,
+    tail,
+    wait_for,
+    write_tiny_recipe,
+)
 
 from doge_dagster.artifacts import MANIFEST_NAME, ArtifactMissingError, ArtifactStore
 
@@ -360,12 +369,14 @@ CHAIN_SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def s3_chain(s3_server, tmp_path_factory):
-    """The whole tiny graph materialized once with the store on S3, in a subprocess (own DAGSTER_HOME)."""
+    """The whole tiny graph, on the mechanics recipe (a few steps per stage: this tests the store, not learning),
+    materialized once with the store on S3, in a subprocess (own DAGSTER_HOME)."""
     url, client = s3_server
     base = tmp_path_factory.mktemp("s3chain")
     root = f"s3://{BUCKET}/chain"
+    recipes = write_tiny_recipe(base / "recipes", MECHANICS_EDITS)
     env = dagster_env(
-        base / "dagster_home", base / "unused-local-root", None,
+        base / "dagster_home", base / "unused-local-root", recipes,
         TEST_S3_ROOT=root, TEST_S3_ENDPOINT=url, TEST_S3_REGION=REGION, TEST_SCRATCH=str(base / "scratch"),
         DOGE_TEST_S3_ACCESS_KEY_ID=ACCESS_KEY, DOGE_TEST_S3_SECRET_ACCESS_KEY=SECRET_KEY,
         TMPDIR=str(base / "tmp"),  # the artifact cache and staging folders of every process

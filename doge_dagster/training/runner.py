@@ -25,6 +25,11 @@ STAGE_MODULES = {"pretrain": "pretrain", "sft": "sft", "distill": "sft", "dpo": 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 EVAL_ROWS = 256
 CHECK_QUESTION = "What is 3 + 4?"
+# TRL's configs default to bf16 autocast and gradient checkpointing, transformers' `TrainingArguments` to
+# neither. The pipeline makes every stage start from the same, plain defaults, so precision and memory are
+# the recipe's explicit choice: on a CPU without native bf16 (AVX2), TRL's defaults ran the chat stages
+# about 9x slower per token than pretraining, and their rounding changed the trained weights.
+TRAINER_DEFAULTS = {"bf16": False, "gradient_checkpointing": False}
 
 
 @dataclass
@@ -88,7 +93,12 @@ def build_args(ctx: StageContext, stage_module, stage: str, checkpoints: Path):
     module, name = target.get(stage, ("trl", "SFTConfig"))
     config_class = getattr(importlib.import_module(module), name)
     forced = getattr(stage_module, "training_forced", lambda _: {})(ctx)
-    training = {**stage_module.training_defaults(ctx), **ctx.recipe.section(f"stages.{stage}").training, **forced}
+    training = {
+        **TRAINER_DEFAULTS,
+        **stage_module.training_defaults(ctx),
+        **ctx.recipe.section(f"stages.{stage}").training,
+        **forced,
+    }
     import torch
 
     return config_class(
