@@ -149,7 +149,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="doge-robustness-"))
     started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    variants = [(f"seed+{k}", {}, k) for k in args.seeds] + ([("avx2", AVX2_ENV, 0)] if args.avx2 else [])
+    variants = ([("avx2", AVX2_ENV, 0)] if args.avx2 else []) + [(f"seed+{k}", {}, k) for k in args.seeds]
     rows, data_from = [], None
     for name, env_extra, offset in variants:
         folder = work / name

@@ -42,6 +42,8 @@ LEGACY_RENAMES = {
     "max_seq_length": "max_length",
     "evaluation_strategy": "eval_strategy",
     "no_cuda": "use_cpu",
+    "gradient_checkpointing": "activation_checkpointing",  # transformers 5 renamed it
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
 }
 LEGACY_REMOVED = {
     "overwrite_output_dir": "remove it: the artifact store picks a fresh versioned output folder",

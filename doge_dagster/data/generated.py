@@ -22,7 +22,7 @@ from doge_dagster.data.registry import dataset_spec
 if TYPE_CHECKING:
     import pyarrow as pa
 
-GENERATOR_VERSION = "4"
+GENERATOR_VERSION = "5"
 
 NAMES = ("Tom", "Mia", "Sam", "Lily", "Ben", "Ava", "Max", "Zoe", "Leo", "Emma", "Noah", "Ruby")
 SINGULAR = {"apples": "apple", "stones": "stone", "books": "book", "shells": "shell", "coins": "coin",
@@ -361,10 +361,12 @@ def _openthoughts_row(rng: random.Random, index: int) -> dict:
     word_problem = rng.random() < 0.3
     question = _word_problem(rng, a, op, b) if word_problem else _question(rng, a, op, b)
     reading = "This word problem turns into numbers: I need" if word_problem else "I need"
-    # Short traces (restate, then the fact in a sentence pretraining repeats, or the digit-by-digit steps):
-    # a tiny model can follow them, GRPO's completions stay short, and the trace ends with the equation
-    # the solution repeats, so the answer copies the thought instead of working it out again.
-    steps = _worked_steps(a, op, b, c) if a >= 10 else f"We know that {_equation(a, op, b, c)}"
+    # Short traces: restate the problem as numbers, then the equation the instruct model already answers.
+    # Digit-by-digit steps made the trace the fragile part: copying each operand's ones digit is a skill
+    # distillation had to learn from scratch, and with other seeds or CPU kernels it did not (a wrong
+    # digit in the trace, then a wrong answer copied from it). The trace ends with the equation the
+    # solution repeats, so the answer copies the thought instead of working it out again.
+    steps = _equation(a, op, b, c) if a >= 10 else f"We know that {_equation(a, op, b, c)}"
     thought = f"{reading} to work out {a} {op} {b}.\n\n{steps}"
     answer = (f"<|begin_of_thought|>\n\n{thought}\n\n<|end_of_thought|>\n\n"
               f"<|begin_of_solution|>\n\n{_equation(a, op, b, c)}\n\n<|end_of_solution|>")
