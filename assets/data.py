@@ -89,7 +89,8 @@ def build_mixture_asset(stage: str) -> dg.AssetsDefinition:
         description=MIXTURE_DESCRIPTIONS[stage],
         check_specs=[dg.AssetCheckSpec(check, asset=name, blocking=True) for check in checks],
         kinds={"huggingface"},
-        # Pretraining, the longest stage, waits on this mixture alone: build it first when steps queue.
+        # Pretraining, the longest stage, waits on this mixture alone: build it first when steps queue
+        # (training stages carry the same priority).
         op_tags={"dagster/priority": str(1 if stage == "pretrain" else 0)},
     )
     def mixture_asset(context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResource) -> dg.MaterializeResult:

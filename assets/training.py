@@ -77,6 +77,7 @@ def build_training_asset(stage: str) -> dg.AssetsDefinition:
         check_specs=[dg.AssetCheckSpec(check, asset=name, blocking=True) for check in STAGE_CHECKS[stage]],
         pool="gpu",
         kinds={"pytorch"},
+        op_tags={"dagster/priority": "1"},  # the chain's critical path: before reports and other mixtures
     )
     def training_asset(
         context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResource, compute: ComputeResource

@@ -139,6 +139,19 @@ def table(rows: list[dict], started: str) -> str:
     ])  # fmt: skip
 
 
+def throughput_table(work: Path, variants: list[str]) -> str:
+    """Markdown: each training stage's tokens/s (input tokens, padding included) per variant, from its manifest."""
+    lines = ["| variant | " + " | ".join(MODELS) + " |", "|" + "---|" * (len(MODELS) + 1)]
+    for name in variants:
+        rates = []
+        for asset in MODELS:
+            found = manifests(work / name / "store", asset)
+            rate = found[-1]["metadata"].get("tokens_per_second") if found else None
+            rates.append(f"{rate:,.0f}" if rate else "-")
+        lines.append(f"| {name} | " + " | ".join(rates) + " |")
+    return "\n".join(["", "Training throughput, tokens/s of each stage (input tokens, padding included):", "", *lines])
+
+
 def main() -> None:
     """Run the variants and print (and optionally record) the table; exit 1 if any variant failed a check."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -146,7 +159,11 @@ def main() -> None:
     parser.add_argument("--no-avx2", dest="avx2", action="store_false", help="skip the AVX2 kernel variant")
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     parser.add_argument("--keep", action="store_true", help="keep the stores and logs (path printed)")
+    parser.add_argument("--throughput-from", type=Path, help="only print the throughput table of a kept run's folder")
     args = parser.parse_args()
+    if args.throughput_from:
+        print(throughput_table(args.throughput_from, sorted(p.name for p in args.throughput_from.iterdir() if p.is_dir())))
+        return
     work = Path(tempfile.mkdtemp(prefix="doge-robustness-"))
     started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     variants = ([("avx2", AVX2_ENV, 0)] if args.avx2 else []) + [(f"seed+{k}", {}, k) for k in args.seeds]
@@ -159,7 +176,7 @@ def main() -> None:
         rows.append(row)
         if data_from is None and (folder / "store" / "grpo_mixture").is_dir():
             data_from = folder / "store"
-    report(table(rows, started), args.record)
+    report(table(rows, started) + "\n" + throughput_table(work, [row["variant"] for row in rows]), args.record)
     print(f"stores and logs: {work}" if args.keep else "", end="")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

@@ -34,6 +34,15 @@ def test_gpu_stages_share_the_gpu_pool():
     assert not any(pools[asset] for asset in set(pools) - gpu_assets), "data assets need no GPU slot"
 
 
+def test_the_critical_path_goes_first_when_steps_queue():
+    from doge_dagster.definitions import defs
+    from doge_dagster.plan import TRAINING_ASSETS
+
+    assets = {spec.key.to_user_string(): node for node in defs.assets for spec in getattr(node, "specs", ())}
+    first = {name for name, node in assets.items() if int(node.op.tags.get("dagster/priority", 0)) > 0}
+    assert first == {"pretrain_mixture", *TRAINING_ASSETS.values()}, first
+
+
 def test_recipe_launch_snippet_validates():
     import yaml
 
