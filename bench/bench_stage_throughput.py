@@ -131,8 +131,8 @@ def main() -> None:
     kernels = "AVX2 kernels only (ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA / MKL)" if args.avx2 else "default kernels"
     report("\n".join([
         f"### Stage throughput alone, {datetime.datetime.now():%Y-%m-%d %H:%M}, {kernels}, {machine()}", "",
-        f"{args.steps} steps timed after {WARMUP_STEPS} warm-up steps, one fresh process per row, the tiny recipe's "
-        "batch and lengths; tokens are input tokens, padding included.", "", *rows,
+        (f"{args.steps} steps timed after {WARMUP_STEPS} warm-up steps, one fresh process per row, the tiny "
+         "recipe's batch and lengths; tokens are input tokens, padding included."), "", *rows,
     ]), args.record)  # fmt: skip
 
 

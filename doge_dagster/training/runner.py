@@ -25,9 +25,9 @@ STAGE_MODULES = {"pretrain": "pretrain", "sft": "sft", "distill": "sft", "dpo": 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 EVAL_ROWS = 256
 CHECK_QUESTION = "What is 3 + 4?"
-# TRL's configs default to bf16 autocast and activation (gradient) checkpointing, transformers' `TrainingArguments` to
-# neither. The pipeline makes every stage start from the same, plain defaults, so precision and memory are
-# the recipe's explicit choice: on a CPU without native bf16 (AVX2), TRL's defaults ran the chat stages
+# TRL's configs default to bf16 autocast and activation (gradient) checkpointing, transformers'
+# `TrainingArguments` to neither. Every stage starts from the same plain defaults, so precision and memory
+# are the recipe's explicit choice: on a CPU without native bf16 (AVX2), TRL's defaults ran the chat stages
 # about 9x slower per token than pretraining, and their rounding changed the trained weights.
 TRAINER_DEFAULTS = {"bf16": False, "activation_checkpointing": False}
 
