@@ -1,10 +1,10 @@
 """A recipe edit makes exactly the affected stage and its downstream unsynced, and a re-run recomputes only those.
 
-On the session's tiny chain: one field of the tiny SFT section changes (an edited copy of the recipes under
+On the session's tiny chain: one field of the tiny distillation section changes (an edited copy of the recipes under
 DOGE_RECIPES_DIR; recipes are read when the code location is imported, hence subprocesses). Then
 (a) Dagster's stale status, through the instance + asset graph API and through the GraphQL API the UI
     uses (`assetNodes { staleStatus staleCauses }` of a `dagster dev` started on the edited recipe), is
-    STALE with a code-version cause for exactly doge_instruct_sft and everything downstream (code versions
+    STALE with a code-version cause for exactly doge_reason_distill and everything downstream (code versions
     hash the recipe sections of a stage's whole lineage), FRESH for the rest; `doge-dagster versions`
     lists the same assets as `missing`;
 (b) `dagster job execute -j full_pipeline --tags '{"dagster/partition": "tiny"}'` recomputes only those
@@ -48,8 +48,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(CHAIN_TEST_TIMEOUT_S)]
 # tiny.yaml logs every 10 steps. Any field of the section makes a new version; this one leaves the weights as
 # they were, so the re-run's downstream gates pass as on the session's chain (a learning rate edit can cost the
 # reason model more than its gate allows, which is the gate's job, not this test's subject).
-EDIT = {"stages.sft.training.logging_steps": 5}
-EDITED_ASSET = "doge_instruct_sft"
+# A stage in the middle of the chain (its downstream crosses into GRPO and an evaluation) whose re-run is short.
+EDIT = {"stages.distill.training.logging_steps": 5}
+EDITED_ASSET = "doge_reason_distill"
 
 STALE_SCRIPT = textwrap.dedent(
     """
@@ -105,14 +106,14 @@ def stale_assets(statuses: dict[str, dict]) -> set[str]:
 
 @pytest.fixture(scope="module")
 def edited(tiny_chain, tmp_path_factory):
-    """The edited recipes folder (every recipe copied, tiny's SFT section edited), copies of the chain's home and store."""
+    """The edited recipes folder (every recipe copied, tiny's distillation section edited), copies of the chain's home and store."""
     base = tmp_path_factory.mktemp("unsynced")
     recipes = base / "recipes"
     recipes.mkdir()
     for path in (PROJECT_ROOT / "recipes").glob("*.yaml"):  # every partition: code versions hash all of them
         shutil.copy(path, recipes / path.name)
     raw = tiny_raw(EDIT)
-    assert raw["stages"]["sft"]["training"]["logging_steps"] != tiny_raw()["stages"]["sft"]["training"]["logging_steps"]
+    assert raw["stages"]["distill"]["training"]["logging_steps"] != tiny_raw()["stages"]["distill"]["training"]["logging_steps"]
     (recipes / "tiny.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     home = tiny_chain.copy_home(base / "dagster_home")
     store = tiny_chain.copy_store(base / "artifacts")  # re-running the edited pipeline publishes new versions
@@ -126,9 +127,10 @@ def test_the_materialized_chain_is_fresh_before_the_edit(tiny_chain):
     assert not stale_assets(statuses), {asset: info for asset, info in statuses.items() if info["status"] != "FRESH"}
 
 
-def assert_exactly_the_downstream_of_sft_is_stale(statuses: dict[str, dict]) -> None:
+def assert_exactly_the_downstream_of_the_edit_is_stale(statuses: dict[str, dict]) -> None:
     expected = descendants(EDITED_ASSET)
-    assert {"doge_instruct_sft", "doge_instruct", "doge_reason_distill", "doge_reason", "reason_eval"} <= expected
+    assert {"doge_reason_distill", "doge_reason", "reason_eval"} <= expected
+    assert not {"doge_instruct", "instruct_eval"} & expected
     assert stale_assets(statuses) == expected, json.dumps(statuses, indent=1)
     for asset in expected:
         assert statuses[asset]["status"] == "STALE"
@@ -138,8 +140,8 @@ def assert_exactly_the_downstream_of_sft_is_stale(statuses: dict[str, dict]) -> 
 
 
 @pytest.mark.slow
-def test_editing_the_sft_section_makes_exactly_sft_and_its_downstream_stale(edited):
-    assert_exactly_the_downstream_of_sft_is_stale(stale_status(edited["env"]))
+def test_editing_the_distill_section_makes_exactly_distill_and_its_downstream_stale(edited):
+    assert_exactly_the_downstream_of_the_edit_is_stale(stale_status(edited["env"]))
 
 
 @pytest.mark.slow
@@ -163,7 +165,7 @@ def test_the_ui_graphql_api_shows_the_same_unsynced_assets(edited, tiny_chain, t
         work, artifact_root=edited["store"], dagster_home=home, recipes_dir=edited["recipes"]
     ) as server:
         nodes = server.stale_status("tiny")
-    assert_exactly_the_downstream_of_sft_is_stale(
+    assert_exactly_the_downstream_of_the_edit_is_stale(
         {asset: info for asset, info in nodes.items() if info["materializable"]}
     )
 
@@ -188,14 +190,14 @@ def test_rerunning_full_pipeline_recomputes_only_the_unsynced_stages(edited, tin
     assert recomputed == expected, f"recomputed {sorted(recomputed)}, expected {sorted(expected)}"
     assert cached == set(assets) - expected
     # The new versions are what the edited recipe plans; the old ones stay published beside them.
-    for asset in ("doge_instruct_sft", "doge_reason"):
+    for asset in ("doge_reason_distill", "doge_reason"):
         assert latest[asset]["version"] == planned_version(asset, EDIT) != planned_version(asset)
         assert {planned_version(asset), planned_version(asset, EDIT)} <= set(published_versions(edited["store"], asset))
     assert latest["doge_base"]["version"] == planned_version("doge_base")
     # ... and now nothing is stale any more.
     statuses = stale_status(env)
     assert not stale_assets(statuses), {asset: info for asset, info in statuses.items() if info["status"] != "FRESH"}
-    print(f"full_pipeline after the SFT edit: {seconds:.0f}s, recomputed {sorted(recomputed)}")
+    print(f"full_pipeline after the distillation edit: {seconds:.0f}s, recomputed {sorted(recomputed)}")
 
 
 # -- a data change ----------------------------------------------------------------------------------------------------
