@@ -1,7 +1,7 @@
 """A real single-node Slurm cluster (Debian slurmctld + slurmd + munge) for the Slurm backend tests.
 
 Started once per test session as root, with every state, spool, pid and log file in one fresh
-temporary folder (see STACK-NOTES, "Slurm"). Clients find it through `SLURM_CONF`, which the fixture
+temporary folder. Clients find it through `SLURM_CONF`, which the fixture
 sets in `os.environ` for the session, so the backend's `sbatch` / `scontrol` / `scancel` calls inherit it.
 Without the Debian packages the tests skip with the install command.
 """

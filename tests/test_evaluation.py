@@ -252,7 +252,7 @@ def test_model_view_links_the_weights_and_sets_the_chat_end(tmp_path):
 
 @pytest.mark.slow
 def test_reevaluating_a_changed_model_gives_fresh_scores(tmp_path):
-    """lighteval keys its prediction cache by model config and path, not weights (STACK-NOTES): the same
+    """lighteval keys its prediction cache by model config and path, not weights: the same
     folder with new weights must not get the old predictions."""
     os.environ.update(OFFLINE)
     from doge_dagster.evaluation.runner import EvalSettings, evaluate

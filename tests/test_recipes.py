@@ -24,7 +24,7 @@ from doge_dagster.recipes import (
 TINY = RECIPES_DIR / "tiny.yaml"
 SIZES = ("20M", "60M", "160M", "320M")
 
-# DESIGN.md section 5: hidden, intermediate, layers, heads, kv heads, LR, steps, warmup = decay, grad accum
+# The SmallDoge guide's sizes: hidden, intermediate, layers, heads, kv heads, LR, steps, warmup = decay, grad accum
 SEED_TABLE = {
     "20M": (256, 512, 8, 2, 1, 8e-3, 8_000, 800, 256),
     "60M": (512, 1024, 16, 4, 2, 6e-3, 16_000, 1_600, 512),
@@ -111,7 +111,7 @@ def test_unknown_recipe_names_the_known_ones():
         load_recipe("nope")
 
 
-# -- the seed numbers (DESIGN.md section 5) ------------------------------------------------------------------
+# -- the seed numbers (the SmallDoge guide's) ---------------------------------------------------------------
 @pytest.mark.parametrize("size", SIZES)
 def test_architecture_matches_the_seed(size):
     hidden, intermediate, layers, heads, kv, *_ = SEED_TABLE[size]

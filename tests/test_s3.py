@@ -43,7 +43,7 @@ from doge_dagster.artifacts import MANIFEST_NAME, ArtifactMissingError, Artifact
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
 
-REGION = "eu-west-1"  # not us-east-1: s3fs bucket creation there fails (STACK-NOTES)
+REGION = "eu-west-1"  # not us-east-1: s3fs bucket creation there fails with InvalidLocationConstraint
 BUCKET = "doge-s3-tests"
 # Distinctive values, searched for in everything the pipeline writes. moto accepts any credentials.
 ACCESS_KEY = "AKIADOGETESTKEY4711XQ"

@@ -25,7 +25,7 @@ Not fixed here, on purpose:
 - The ifeval module calls `nltk.download("punkt")` at import: offline it prints an error and returns
   False after a failed DNS lookup (about a second); nothing breaks, and ifeval itself (a real-size
   instruct task) needs the data anyway, so real runs need the network or a pre-filled NLTK_DATA.
-- The prediction cache keyed by model config rather than weights (STACK-NOTES): handled in the runner
+- The prediction cache keyed by model config rather than weights: handled in the runner
   by the folder the model is loaded from (`runner.model_view`), not by patching lighteval.
 """
 

@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# DESIGN.md section 5: the SmallDoge base models' published scores (percent), by recipe.
+# The SmallDoge base models' published scores (percent, from their model cards), by recipe.
 PUBLISHED_BASE_SCORES: dict[str, dict[str, float]] = {
     "20M": {"mmlu": 25.4, "arc": 29.8, "piqa": 58.4, "hellaswag": 27.3, "winogrande": 50.2},
     "60M": {"mmlu": 26.4, "arc": 37.9, "piqa": 61.4, "hellaswag": 31.5, "winogrande": 50.8},
