@@ -32,13 +32,14 @@ import time
 from pathlib import Path
 
 import yaml
-from measure import ROOT, machine, report
+from measure import AVX2_ENV, ROOT, machine, report
 
 sys.path.insert(0, str(ROOT))
-DATA_ASSETS = ("tokenizer", "pretrain_mixture", "sft_mixture", "dpo_mixture", "distill_mixture", "grpo_mixture")
-MODELS = ("doge_base", "doge_instruct_sft", "doge_instruct", "doge_reason_distill", "doge_reason")
-REPORTS = ("base_eval", "instruct_eval", "reason_eval")
-AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+from doge_dagster.plan import EVALUATION_ASSETS, MIXTURE_DESCRIPTIONS, TRAINING_ASSETS
+
+DATA_ASSETS = ("tokenizer", *(f"{kind}_mixture" for kind in MIXTURE_DESCRIPTIONS))
+MODELS = tuple(TRAINING_ASSETS.values())
+REPORTS = tuple(EVALUATION_ASSETS.values())
 TRAINER_SEED = 42  # what transformers and TRL use when a stage sets no seed
 COLUMNS = (("base_eval", "arithmetic_mc"), ("base_eval", "arithmetic_gen"), ("instruct_eval", "arithmetic_mc"),
            ("instruct_eval", "arithmetic_gen"), ("reason_eval", "arithmetic_gen"), ("reason_eval", "arithmetic_think"),

@@ -25,9 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from measure import ROOT, machine, report
+from measure import AVX2_ENV, ROOT, machine, report
 
-AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 STAGES = ("pretrain", "sft", "dpo", "distill")
 TRL_DEFAULTS = {"bf16": True, "activation_checkpointing": True}
 WARMUP_STEPS = 4

@@ -17,6 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RESULTS = Path(__file__).with_name("RESULTS.md")
+# PyTorch, oneDNN and MKL restricted to AVX2 kernels: the float path (and bf16 emulation) of a CPU without AVX-512.
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
 def machine() -> str:
