@@ -5,6 +5,7 @@ Environment: DOGE_ARTIFACT_ROOT sets the artifact store root (default `.doge` in
 S3 root, DOGE_S3_ENDPOINT_URL and DOGE_S3_REGION set the endpoint, and DOGE_S3_ACCESS_KEY_ID /
 DOGE_S3_SECRET_ACCESS_KEY the credentials (read at run time through `dg.EnvVar`, never stored).
 DOGE_COMPUTE_BACKEND picks where training runs (local, slurm, kubernetes); see README "Compute".
+DOGE_MAX_CONCURRENT_STEPS sets how many steps of a run execute at once (see `executor_from_env`).
 """
 
 import os
@@ -70,11 +71,31 @@ def compute_from_env() -> ComputeResource:
     )
 
 
+def executor_from_env() -> dg.ExecutorDefinition:
+    """How a run executes its steps: one at a time in the run's own process on the local backend, in
+    parallel processes (Dagster's multiprocess executor) when stages run on a cluster.
+
+    On the local backend every launched stage trains or evaluates on this machine's CPUs or GPUs, so two at
+    once compete for them: on a 2-core machine SFT beside an evaluation ran 2.3x slower, and the graph
+    took longer than running every step in turn. Running in the run's process also saves starting a Python
+    process per step (about 2.5 s each there). DOGE_MAX_CONCURRENT_STEPS=N (N > 1) runs up to N steps at
+    once in separate processes, for a machine with room for several stages (e.g. one GPU each).
+    """
+    raw = os.environ.get("DOGE_MAX_CONCURRENT_STEPS", "")
+    if raw and not (raw.isdigit() and int(raw) > 0):
+        raise ValueError(f"DOGE_MAX_CONCURRENT_STEPS={raw!r}: set a whole number of steps, at least 1, or unset it")
+    steps = int(raw) if raw else (1 if os.environ.get("DOGE_COMPUTE_BACKEND", "local") == "local" else None)
+    if steps == 1:
+        return dg.in_process_executor
+    return dg.multiprocess_executor.configured({"max_concurrent": steps}) if steps else dg.multiprocess_executor
+
+
 defs = dg.Definitions(
     assets=[*DATA_ASSETS, *TRAINING_ASSET_DEFS, *EVALUATION_ASSET_DEFS],
     jobs=JOBS,
     schedules=SCHEDULES,
     sensors=SENSORS,
+    executor=executor_from_env(),
     resources={
         "artifact_store": artifact_store_from_env(),
         "compute": compute_from_env(),

@@ -1,0 +1,38 @@
+"""How the code location is assembled from the environment: the executor a run's steps get."""
+
+import dagster as dg
+import pytest
+
+from doge_dagster.definitions import executor_from_env
+
+
+def test_local_runs_execute_one_step_at_a_time_in_the_run_process(monkeypatch):
+    monkeypatch.delenv("DOGE_MAX_CONCURRENT_STEPS", raising=False)
+    monkeypatch.delenv("DOGE_COMPUTE_BACKEND", raising=False)
+    assert executor_from_env() is dg.in_process_executor
+    monkeypatch.setenv("DOGE_MAX_CONCURRENT_STEPS", "1")
+    assert executor_from_env() is dg.in_process_executor
+
+
+@pytest.mark.parametrize(("backend", "steps"), [("slurm", None), ("kubernetes", None), ("local", "3")])
+def test_cluster_backends_or_a_step_count_run_steps_in_parallel_processes(monkeypatch, backend, steps):
+    monkeypatch.setenv("DOGE_COMPUTE_BACKEND", backend)
+    if steps is None:
+        monkeypatch.delenv("DOGE_MAX_CONCURRENT_STEPS", raising=False)
+    else:
+        monkeypatch.setenv("DOGE_MAX_CONCURRENT_STEPS", steps)
+    executor = executor_from_env()
+    assert executor.name == "multiprocess"
+    if steps is None:  # Dagster's own: a run's config may still choose its parallelism
+        assert executor is dg.multiprocess_executor
+    else:
+        resolved = executor.config_schema.resolve_config({})
+        assert resolved.success, resolved.errors
+        assert resolved.value["config"]["max_concurrent"] == int(steps)
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_a_bad_step_count_names_the_variable_and_the_fix(monkeypatch, value):
+    monkeypatch.setenv("DOGE_MAX_CONCURRENT_STEPS", value)
+    with pytest.raises(ValueError, match="DOGE_MAX_CONCURRENT_STEPS.*whole number of steps, at least 1"):
+        executor_from_env()
