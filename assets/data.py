@@ -1,20 +1,19 @@
-"""Data assets: the tokenizer and the five mixtures, all partitioned by recipe."""
-
+"""Data assets: the tokenizer and one asset per mixture of the chain, all partitioned by recipe."""
 
 import dagster as dg
 
 from assets.partitions import RECIPE_PARTITIONS
 from assets.sources import SOURCE_ASSETS
-from assets.versioned import BuildContext, BuildOutput, markdown_table, materialize_versioned, node_code_version
+from assets.versioned import BuildContext, BuildOutput, materialize_versioned, node_code_version
 from doge_dagster.data.registry import DATASETS
-from doge_dagster.plan import MIXTURE_DESCRIPTIONS, NODES
-from doge_dagster.recipes import MIXTURE_KINDS
+from doge_dagster.evaluation.report import markdown_table
+from doge_dagster.plan import NODES
+from doge_dagster.stages import CHAIN, Mixture
 from resources.artifact_store import ArtifactStoreResource
 
 PARTITIONS = RECIPE_PARTITIONS.get_partition_keys()
 SOURCE_KEY = {spec.name: dg.AssetKey(spec.asset_name) for spec in DATASETS.values()}
 TOKENIZER_CHECKS = ("matches_model_recipe", "think_tokens_not_special")
-MIXTURE_CHECKS = ("ratios_within_tolerance", "no_empty_split", "schema")
 
 
 def _build_tokenizer(build: BuildContext) -> BuildOutput:
@@ -26,7 +25,10 @@ def _build_tokenizer(build: BuildContext) -> BuildOutput:
         checks={
             # build_tokenizer raises before publishing when the model recipe disagrees
             "matches_model_recipe": (True, f"{summary['vocab_size']} tokens; special ids fit the model recipe"),
-            "think_tokens_not_special": (not summary["think_tokens_special"], "<think> and </think> must not be special tokens"),
+            "think_tokens_not_special": (
+                not summary["think_tokens_special"],
+                "<think> and </think> must not be special tokens",
+            ),
         },
     )
 
@@ -47,18 +49,17 @@ def tokenizer(context: dg.AssetExecutionContext, artifact_store: ArtifactStoreRe
     return materialize_versioned(context, artifact_store, "tokenizer", _build_tokenizer)
 
 
-def build_mixture_asset(stage: str) -> dg.AssetsDefinition:
-    """The `{stage}_mixture` asset: sources of the stage's kind mixed by ratio, train/test splits."""
-    name = f"{stage}_mixture"
-    sources = sorted({spec.name for spec in DATASETS.values() if spec.kind == MIXTURE_KINDS[stage]})
-    checks = MIXTURE_CHECKS + (("token_ids_below_vocab",) if stage == "pretrain" else ())
+def build_mixture_asset(kind: Mixture) -> dg.AssetsDefinition:
+    """The `<name>_mixture` asset: sources of the mixture's dataset kind mixed by ratio, train/test splits."""
+    name = kind.asset
+    sources = sorted({spec.name for spec in DATASETS.values() if spec.kind == kind.dataset_kind})
 
     def build(build: BuildContext) -> BuildOutput:
         from doge_dagster.data.build import build_mixture, check_mixture
 
         tokenizer_dir = build.upstream_dirs["tokenizer"]
-        stats, preview = build_mixture(build.recipe, stage, tokenizer_dir, build.out_dir)
-        mixture = build.recipe.section(f"mixtures.{stage}")
+        stats, preview = build_mixture(build.recipe, kind, tokenizer_dir, build.out_dir)
+        mixture = build.recipe.section(f"mixtures.{kind.name}")
         from doge_dagster.data.build import load_saved_tokenizer
 
         vocab = len(load_saved_tokenizer(tokenizer_dir))
@@ -76,8 +77,8 @@ def build_mixture_asset(stage: str) -> dg.AssetsDefinition:
         metadata.update({f"ratio/{key}": round(value, 5) for key, value in summary["realised_ratios"].items()})
         return BuildOutput(
             metadata=metadata,
-            ui_metadata={"preview": dg.MetadataValue.md(markdown_table(preview))},
-            checks=check_mixture(build.out_dir, stage, vocab, mixture.ratio_tolerance),
+            ui_metadata={"preview": dg.MetadataValue.md(markdown_table(preview, max_cell=300))},
+            checks=check_mixture(build.out_dir, kind, vocab, mixture.ratio_tolerance),
         )
 
     @dg.asset(
@@ -86,19 +87,19 @@ def build_mixture_asset(stage: str) -> dg.AssetsDefinition:
         partitions_def=RECIPE_PARTITIONS,
         deps=["tokenizer", *(SOURCE_KEY[source] for source in sources)],
         code_version=node_code_version(name, PARTITIONS),
-        description=MIXTURE_DESCRIPTIONS[stage],
-        check_specs=[dg.AssetCheckSpec(check, asset=name, blocking=True) for check in checks],
+        description=kind.description,
+        check_specs=[dg.AssetCheckSpec(check, asset=name, blocking=True) for check in kind.checks],
         kinds={"huggingface"},
         # Pretraining, the longest stage, waits on this mixture alone: build it first when steps queue
         # (training stages carry the same priority).
-        op_tags={"dagster/priority": str(1 if stage == "pretrain" else 0)},
+        op_tags={"dagster/priority": str(1 if kind.name == CHAIN.root_stage().mixture else 0)},
     )
     def mixture_asset(context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResource) -> dg.MaterializeResult:
-        """Mix the stage's sources by ratio into a `DatasetDict` saved with `save_to_disk`."""
+        """Mix the mixture's sources by ratio into a `DatasetDict` saved with `save_to_disk`."""
         return materialize_versioned(context, artifact_store, name, build)
 
     return mixture_asset
 
 
-MIXTURE_ASSETS = [build_mixture_asset(stage) for stage in MIXTURE_KINDS]
+MIXTURE_ASSETS = [build_mixture_asset(kind) for kind in CHAIN.mixtures]
 DATA_ASSETS = [*SOURCE_ASSETS, tokenizer, *MIXTURE_ASSETS]

@@ -1,6 +1,6 @@
 """Evaluation assets: base_eval, instruct_eval, reason_eval, one lighteval report per model.
 
-Each launches `python -m doge_dagster.evaluation {base,instruct,reason}` on the same `compute` resource
+Each launches `python -m doge_dagster.evaluation REPORT` (base, instruct, reason) on the same `compute` resource
 as training (so real sizes evaluate on the GPUs that trained them); the process publishes the report
 itself (manifest last) and the asset reports it from the manifest. The gates are blocking checks:
 valid scores, no regression beyond `regression_tolerance` on tasks shared with the previous stage's
@@ -14,19 +14,15 @@ condition, so no upstream change starts training by itself. The conditions act o
 
 import dagster as dg
 
+from assets.launching import launch_on_compute
 from assets.partitions import RECIPE_PARTITIONS
-from assets.training import launch_on_compute
 from assets.versioned import BuildContext, BuildOutput, materialize_versioned, node_code_version
-from doge_dagster.plan import EVALUATION_ASSETS, NODES
+from doge_dagster.plan import NODES
+from doge_dagster.stages import CHAIN, Report
 from resources.artifact_store import ArtifactStoreResource
 from resources.compute import ComputeResource
 
 PARTITIONS = RECIPE_PARTITIONS.get_partition_keys()
-EVALUATION_CHECKS = {
-    "base": ("scores_valid",),
-    "instruct": ("scores_valid", "no_regression"),
-    "reason": ("scores_valid", "no_regression", "format_rate"),
-}
 MARKDOWN_KEYS = ("summary", "score_table", "comparison_table")
 
 
@@ -41,9 +37,9 @@ def with_markdown(result: dg.MaterializeResult) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata=metadata, data_version=result.data_version, check_results=result.check_results)
 
 
-def build_evaluation_asset(stage: str) -> dg.AssetsDefinition:
-    """The report asset of evaluation `stage`, launched on the `compute` resource."""
-    name = EVALUATION_ASSETS[stage]
+def build_evaluation_asset(report: Report) -> dg.AssetsDefinition:
+    """The report asset of `report`, launched on the `compute` resource."""
+    name = report.asset
     node = NODES[name]
 
     @dg.asset(
@@ -53,7 +49,7 @@ def build_evaluation_asset(stage: str) -> dg.AssetsDefinition:
         deps=list(node.upstream),
         code_version=node_code_version(name, PARTITIONS),
         description=node.description,
-        check_specs=[dg.AssetCheckSpec(check, asset=name, blocking=True) for check in EVALUATION_CHECKS[stage]],
+        check_specs=[dg.AssetCheckSpec(check, asset=name, blocking=True) for check in report.checks],
         pool="gpu",
         kinds={"pytorch"},
         automation_condition=dg.AutomationCondition.eager(),
@@ -64,16 +60,9 @@ def build_evaluation_asset(stage: str) -> dg.AssetsDefinition:
         """Evaluate the model with lighteval on the configured compute and publish the report."""
 
         def launch(build: BuildContext) -> BuildOutput:
-            launch_recipe = build.recipe.section(f"evaluation.{stage}").launch
+            launch_recipe = build.recipe.section(report.section).launch
             return launch_on_compute(
-                context,
-                artifact_store,
-                compute,
-                build,
-                stage,
-                launch_recipe,
-                asset_name=name,
-                module="doge_dagster.evaluation",
+                context, artifact_store, compute, build, report.name, name, launch_recipe, "doge_dagster.evaluation"
             )
 
         return with_markdown(materialize_versioned(context, artifact_store, name, launch, publishes_itself=True))
@@ -81,4 +70,4 @@ def build_evaluation_asset(stage: str) -> dg.AssetsDefinition:
     return evaluation_asset
 
 
-EVALUATION_ASSET_DEFS = [build_evaluation_asset(stage) for stage in EVALUATION_ASSETS]
+EVALUATION_ASSET_DEFS = [build_evaluation_asset(report) for report in CHAIN.reports]

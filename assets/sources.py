@@ -1,14 +1,12 @@
 """Observable source assets, one per seed dataset, whose data version is the Hub commit or a content hash."""
 
-
 import warnings
 
 import dagster as dg
 
 from assets.partitions import RECIPE_PARTITIONS
 from doge_dagster.data.registry import DATASETS, DatasetSpec
-from doge_dagster.data.sources import SourceError, source_fingerprint
-from doge_dagster.plan import recipe_sources
+from doge_dagster.plan import source_versions
 from doge_dagster.recipes import RecipeError, load_recipe
 
 
@@ -27,16 +25,14 @@ def build_source_asset(spec: DatasetSpec) -> dg.SourceAsset:
         versions = {}
         for partition in RECIPE_PARTITIONS.get_partition_keys():
             try:
-                use = recipe_sources(load_recipe(partition)).get(spec.name)
+                found, errors = source_versions(load_recipe(partition))
             except RecipeError as error:  # one invalid recipe must not hide the other partitions' versions
                 context.log.warning(f"{spec.name}[{partition}]: {error}")
                 continue
-            if use is None:
-                continue
-            try:
-                versions[partition] = source_fingerprint(use.ref, use.seed)
-            except SourceError as error:
-                context.log.warning(f"{spec.name}[{partition}]: {error}")
+            if spec.name in errors:
+                context.log.warning(f"{spec.name}[{partition}]: {errors[spec.name]}")
+            if spec.name in found:
+                versions[partition] = found[spec.name]
         return dg.DataVersionsByPartition(versions)
 
     return observe

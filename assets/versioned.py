@@ -166,18 +166,3 @@ def _embedded_png(store: ArtifactStore, manifest: Manifest, name: str) -> str:
     with store.fs.open(url, "rb") as handle:
         encoded = base64.b64encode(handle.read()).decode()
     return f"![{name}](data:image/png;base64,{encoded})"
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """A markdown table of rows (cells cleaned of newlines and pipes) for UI metadata."""
-    if not rows:
-        return "(empty)"
-    columns = list(rows[0])
-
-    def cell(value: Any) -> str:
-        text = str(value).replace("\n", "⏎ ").replace("|", "\\|")
-        return text if len(text) <= 300 else text[:297] + "..."
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row[column]) for column in columns) + " |" for row in rows]
-    return "\n".join(lines)

@@ -35,11 +35,11 @@ import yaml
 from measure import AVX2_ENV, ROOT, machine, report
 
 sys.path.insert(0, str(ROOT))
-from doge_dagster.plan import EVALUATION_ASSETS, MIXTURE_DESCRIPTIONS, TRAINING_ASSETS
+from doge_dagster.stages import CHAIN
 
-DATA_ASSETS = ("tokenizer", *(f"{kind}_mixture" for kind in MIXTURE_DESCRIPTIONS))
-MODELS = tuple(TRAINING_ASSETS.values())
-REPORTS = tuple(EVALUATION_ASSETS.values())
+DATA_ASSETS = ("tokenizer", *(mixture.asset for mixture in CHAIN.mixtures))
+MODELS = tuple(stage.asset for stage in CHAIN.stages)
+REPORTS = tuple(report.asset for report in CHAIN.reports)
 TRAINER_SEED = 42  # what transformers and TRL use when a stage sets no seed
 COLUMNS = (("base_eval", "arithmetic_mc"), ("base_eval", "arithmetic_gen"), ("instruct_eval", "arithmetic_mc"),
            ("instruct_eval", "arithmetic_gen"), ("reason_eval", "arithmetic_gen"), ("reason_eval", "arithmetic_think"),

@@ -4,7 +4,7 @@
 
 Needs a store holding a materialized tiny chain (the README quick start). Each measurement runs in a
 fresh process: the stage's own trainer, built by the pipeline's runner (`runner.build_args`, the stage
-module's `build_trainer`) from the stage's parent model and mixture, trains --steps steps after 4 warm-up
+trainer's `build_trainer`) from the stage's parent model and mixture, trains --steps steps after 4 warm-up
 steps, and tokens/s (input tokens, padding included) are timed over the measured steps only. `TRL
 defaults` adds what TRL's configs switch on when a recipe says nothing (`bf16` autocast, activation
 checkpointing); `pipeline` is what the pipeline runs (fp32, no checkpointing, unless the recipe asks).
@@ -35,40 +35,32 @@ WARMUP_STEPS = 4
 def measure(store: str, stage: str, extra: dict, steps: int) -> dict:
     """In this process: train `stage` for WARMUP_STEPS + steps and time the last `steps`."""
     sys.path.insert(0, str(ROOT))
-    import importlib
-
-    from datasets import load_from_disk
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
+    from transformers import TrainerCallback, set_seed
 
     from doge_dagster.artifacts import ArtifactStore
+    from doge_dagster.launching.spec import LaunchSpec
     from doge_dagster.recipes import load_recipe
-    from doge_dagster.training.runner import STAGE_MODULES, StageContext, build_args
-    from doge_dagster.training.spec import StageSpec
+    from doge_dagster.training.runner import build_args, initial_model, stage_context
 
     artifacts = ArtifactStore(store)
     recipe = load_recipe("tiny")
-    probe = StageSpec(stage, "tiny", "bench", {}, {}, store, "")
-    needed = ["tokenizer", probe.mixture, *([probe.parent_model] if probe.parent_model else [])]
+    record = recipe.chain.stage(stage)
+    parent = recipe.chain.stage(record.parent).asset if record.parent else None
+    needed = ["tokenizer", recipe.chain.mixture(record.mixture).asset, *([parent] if parent else [])]
     latest = {asset: artifacts.latest(asset, "tiny") for asset in needed}
     missing = [asset for asset, manifest in latest.items() if manifest is None]
     if missing:
         raise SystemExit(f"{store} has no published {missing}: materialize the tiny chain first (README quick start)")
     work = Path(tempfile.mkdtemp(prefix="doge-stage-bench-"))
-    spec = StageSpec(stage, "tiny", "bench", {asset: m.version for asset, m in latest.items()},
-                     recipe.model_dump(mode="json"), store, str(work))  # fmt: skip
-    module = importlib.import_module(f"doge_dagster.training.{STAGE_MODULES[stage]}")
-    ctx = StageContext(spec, recipe, artifacts, reporter=None)
-    ctx.tokenizer = AutoTokenizer.from_pretrained(str(ctx.artifact_dir("tokenizer")))
-    ctx.data = load_from_disk(str(ctx.artifact_dir(spec.mixture)))
+    spec = LaunchSpec(stage, record.asset, "tiny", "bench", {asset: m.version for asset, m in latest.items()},
+                      recipe.model_dump(mode="json"), store, str(work))  # fmt: skip
+    ctx = stage_context(spec)
+    stage_trainer = record.trainer_class()()
     set_seed(42)
-    if spec.parent_model:
-        model = AutoModelForCausalLM.from_pretrained(str(ctx.artifact_dir(spec.parent_model)))
-        model.config.router_aux_loss_coef = 0.0
-    else:
-        model = module.build_model(ctx)
+    model = initial_model(ctx, stage_trainer)
     # As if the recipe said so: the pipeline's own build_args then turns the section into the trainer config.
-    recipe.section(f"stages.{stage}").training.update(extra, max_steps=WARMUP_STEPS + steps, save_steps=10_000, logging_steps=1000)
-    args = build_args(ctx, module, stage, work / "checkpoints")
+    ctx.section.training.update(extra, max_steps=WARMUP_STEPS + steps, save_steps=10_000, logging_steps=1000)
+    args = build_args(ctx, stage_trainer, work / "checkpoints")
     timing = {}
 
     class Timer(TrainerCallback):
@@ -80,7 +72,7 @@ def measure(store: str, stage: str, extra: dict, steps: int) -> dict:
             seconds = time.perf_counter() - timing["start"]
             timing.update(seconds_per_step=seconds / steps, tokens_per_second=(state.num_input_tokens_seen - timing["tokens"]) / seconds)
 
-    trainer = module.build_trainer(ctx, model, args)
+    trainer = stage_trainer.build_trainer(ctx, model, args)
     trainer.add_callback(Timer())
     try:
         trainer.train()

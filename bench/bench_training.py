@@ -29,8 +29,8 @@ REPORTED_STEPS = ("doge_base", "doge_instruct_sft", "doge_instruct", "doge_reaso
 
 def by_hand(spec: Path, env: dict[str, str]) -> float:
     """Wall seconds of the accelerate command a user would type for the same spec."""
+    from doge_dagster.launching.command import accelerate_command
     from doge_dagster.recipes import load_recipe
-    from doge_dagster.training.launch import accelerate_command
 
     command = accelerate_command("pretrain", str(spec), load_recipe("tiny").stages.pretrain.launch)
     started = time.perf_counter()

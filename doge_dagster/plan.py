@@ -8,11 +8,13 @@ reads an upstream artifact of a different version than the one its recipe implie
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from doge_dagster.data.registry import dataset_spec
-from doge_dagster.recipes import MIXTURE_KINDS, Recipe, SourceRef, content_version
+from doge_dagster.recipes import Recipe, SourceRef, StageRecipe, content_version
+from doge_dagster.stages import CHAIN, Chain
 
 
 @dataclass(frozen=True)
@@ -27,133 +29,56 @@ class Node:
     description: str
 
 
-MIXTURE_DESCRIPTIONS = {
-    "pretrain": "Tokenized, packed pretraining rows mixed by token ratio (fineweb-edu / cosmopedia-v2 / python-edu / finemath).",
-    "sft": "Chat conversations for supervised fine-tuning (smoltalk), templated length within max_length.",
-    "dpo": "Preference pairs (ultrafeedback): prompt = chosen[:-1], chosen and rejected replies.",
-    "distill": "Reasoning conversations (OpenThoughts) with the traces kept as <think> blocks.",
-    "grpo": "Math problems (OpenR1-Math) as message-list prompts with the gold answer kept for rewards.",
-}
+TOKENIZER = Node(
+    name="tokenizer",
+    group="data",
+    sections=("tokenizer",),
+    upstream=(),
+    code_version="tokenizer-1",
+    description="The recipe's tokenizer (trained BPE or loaded) with the chat template and <think> tokens.",
+)
 
-NODES: dict[str, Node] = {
-    "tokenizer": Node(
-        name="tokenizer",
-        group="data",
-        sections=("tokenizer",),
-        upstream=(),
-        code_version="tokenizer-1",
-        description="The recipe's tokenizer (trained BPE or loaded) with the chat template and <think> tokens.",
-    ),
-    **{
-        f"{stage}_mixture": Node(
-            name=f"{stage}_mixture",
-            group="data",
-            sections=(f"mixtures.{stage}",),
-            upstream=("tokenizer",),
-            code_version="mixture-1",
-            description=description,
+
+@functools.cache
+def chain_nodes(chain: Chain) -> dict[str, Node]:
+    """Every node of a chain by asset name: the tokenizer, then its mixtures, stages and reports."""
+    stages = {stage.name: stage for stage in chain.stages}
+    reports = {report.name: report for report in chain.reports}
+    nodes = {"tokenizer": TOKENIZER}
+    for mixture in chain.mixtures:
+        nodes[mixture.asset] = Node(
+            mixture.asset, "data", (f"mixtures.{mixture.name}",), ("tokenizer",), "mixture-1", mixture.description
         )
-        for stage, description in MIXTURE_DESCRIPTIONS.items()
-    },
-    "doge_base": Node(
-        name="doge_base",
-        group="pretrain",
-        sections=("model", "stages.pretrain"),
-        upstream=("tokenizer", "pretrain_mixture"),
-        code_version="pretrain-2",
-        description="Doge base model: pretraining from scratch (or continued) with the WSD schedule.",
-    ),
-    "doge_instruct_sft": Node(
-        name="doge_instruct_sft",
-        group="instruct",
-        sections=("stages.sft",),
-        upstream=("doge_base", "sft_mixture", "tokenizer"),
-        code_version="sft-2",
-        description="Supervised fine-tuning of doge_base on conversations, assistant tokens only.",
-    ),
-    "doge_instruct": Node(
-        name="doge_instruct",
-        group="instruct",
-        sections=("stages.dpo",),
-        upstream=("doge_instruct_sft", "dpo_mixture", "tokenizer"),
-        code_version="dpo-2",
-        description="Doge instruct model: DPO (sigmoid, implicit reference) of the SFT model on preference pairs.",
-    ),
-    "doge_reason_distill": Node(
-        name="doge_reason_distill",
-        group="reason",
-        sections=("stages.distill",),
-        upstream=("doge_instruct", "distill_mixture", "tokenizer"),
-        code_version="distill-2",
-        description="Distillation SFT of the instruct model on reasoning traces kept as <think> blocks.",
-    ),
-    "doge_reason": Node(
-        name="doge_reason",
-        group="reason",
-        sections=("stages.grpo",),
-        upstream=("doge_reason_distill", "grpo_mixture", "tokenizer"),
-        code_version="grpo-2",
-        description="Doge reason model: GRPO with accuracy (math-verify) and format rewards.",
-    ),
-    # Evaluations: lighteval reports on each model. instruct_eval / reason_eval also read the previous
-    # stage's report, to compare shared tasks and gate on regressions.
-    "base_eval": Node(
-        name="base_eval",
-        group="evaluation",
-        sections=("evaluation.base",),
-        upstream=("doge_base", "tokenizer"),
-        code_version="eval-1",
-        description="lighteval report on doge_base, beside the published SmallDoge scores for real sizes.",
-    ),
-    "instruct_eval": Node(
-        name="instruct_eval",
-        group="evaluation",
-        sections=("evaluation.instruct",),
-        upstream=("doge_instruct", "tokenizer", "base_eval"),
-        code_version="eval-1",
-        description="lighteval report on doge_instruct (chat template); gate: no regression vs base_eval on shared tasks.",
-    ),
-    "reason_eval": Node(
-        name="reason_eval",
-        group="evaluation",
-        sections=("evaluation.reason",),
-        upstream=("doge_reason", "tokenizer", "instruct_eval"),
-        code_version="eval-1",
-        description="lighteval report on doge_reason (chat template); gates: no regression vs instruct_eval, think format rate.",
-    ),
-}
-
-# Training stage name -> model asset it produces.
-TRAINING_ASSETS = {
-    "pretrain": "doge_base",
-    "sft": "doge_instruct_sft",
-    "dpo": "doge_instruct",
-    "distill": "doge_reason_distill",
-    "grpo": "doge_reason",
-}
-
-# Evaluation name (`python -m doge_dagster.evaluation NAME`) -> report asset, and the model it evaluates.
-EVALUATION_ASSETS = {"base": "base_eval", "instruct": "instruct_eval", "reason": "reason_eval"}
-EVALUATED_MODELS = {"base": "doge_base", "instruct": "doge_instruct", "reason": "doge_reason"}
+    for stage in chain.stages:
+        mixture = chain.mixture(stage.mixture).asset
+        upstream = (stages[stage.parent].asset, mixture, "tokenizer") if stage.parent else ("tokenizer", mixture)
+        sections = (*stage.sections, stage.section)
+        nodes[stage.asset] = Node(stage.asset, stage.group, sections, upstream, stage.code_version, stage.description)
+    for report in chain.reports:
+        # A report also reads the report it compares with, to gate on regressions of shared tasks.
+        compared = (reports[report.compares_with].asset,) if report.compares_with else ()
+        upstream = (stages[report.model_stage].asset, "tokenizer", *compared)
+        nodes[report.asset] = Node(
+            report.asset, "evaluation", (report.section,), upstream, report.code_version, report.description
+        )
+    return nodes
 
 
-def ancestry(node: str) -> list[str]:
+NODES = chain_nodes(CHAIN)
+
+
+def ancestry(node: str, nodes: dict[str, Node] = NODES) -> list[str]:
     """`node` and every node it depends on, upstream first."""
     ordered: list[str] = []
 
     def visit(name: str) -> None:
-        for parent in NODES[name].upstream:
+        for parent in nodes[name].upstream:
             visit(parent)
         if name not in ordered:
             ordered.append(name)
 
     visit(node)
     return ordered
-
-
-def mixture_stage(node_name: str) -> str:
-    """`sft_mixture` -> `sft`."""
-    return node_name.removesuffix("_mixture")
 
 
 @dataclass(frozen=True)
@@ -172,11 +97,25 @@ class SourceUse:
 def recipe_sources(recipe: Recipe) -> dict[str, SourceUse]:
     """Every dataset the recipe reads, keyed by dataset name."""
     uses = {}
-    for stage in MIXTURE_KINDS:
-        mixture = getattr(recipe.mixtures, stage)
-        for ref in mixture.sources:
+    for kind in recipe.chain.mixtures:
+        mixture = getattr(recipe.mixtures, kind.name)
+        for ref in mixture.sources if mixture is not None else ():
             uses[ref.dataset] = SourceUse(ref, mixture.seed)
     return uses
+
+
+def source_versions(recipe: Recipe) -> tuple[dict[str, str], dict[str, str]]:
+    """Each dataset's version (Hub commit or content hash) as the recipe reads it, and the datasets whose
+    version cannot be determined now with the reason (e.g. the Hub unreachable for an unpinned source)."""
+    from doge_dagster.data.sources import SourceError, source_fingerprint
+
+    versions, errors = {}, {}
+    for name, use in recipe_sources(recipe).items():
+        try:
+            versions[name] = source_fingerprint(use.ref, use.seed)
+        except SourceError as error:
+            errors[name] = str(error)
+    return versions, errors
 
 
 def node_sources(recipe: Recipe, node: str) -> list[SourceUse]:
@@ -184,8 +123,10 @@ def node_sources(recipe: Recipe, node: str) -> list[SourceUse]:
     uses = recipe_sources(recipe)
     if node == "tokenizer":
         return list(uses.values()) if recipe.tokenizer.source == "train_bpe" else []
-    if node.endswith("_mixture"):
-        return [uses[ref.dataset] for ref in getattr(recipe.mixtures, mixture_stage(node)).sources]
+    for kind in recipe.chain.mixtures:
+        if node == kind.asset:
+            mixture = getattr(recipe.mixtures, kind.name)
+            return [uses[ref.dataset] for ref in mixture.sources] if mixture is not None else []
     return []
 
 
@@ -202,7 +143,9 @@ class Planned:
 Fingerprint = Callable[[SourceRef, int], str]
 
 
-def plan_versions(recipe: Recipe, fingerprint: Fingerprint | None = None, nodes: list[str] | None = None) -> dict[str, Planned]:
+def plan_versions(
+    recipe: Recipe, fingerprint: Fingerprint | None = None, nodes: list[str] | None = None
+) -> dict[str, Planned]:
     """Versions of `nodes` (default: all) and their ancestors for this recipe."""
     if fingerprint is None:
         from doge_dagster.data.sources import source_fingerprint as fingerprint
@@ -214,22 +157,24 @@ def plan_versions(recipe: Recipe, fingerprint: Fingerprint | None = None, nodes:
         return source_versions[use.asset_name]
 
     planned: dict[str, Planned] = {}
+    graph = chain_nodes(recipe.chain)
 
     def visit(name: str) -> Planned:
         if name in planned:
             return planned[name]
-        node = NODES[name]
+        node = graph[name]
         upstream = {parent: visit(parent).version for parent in node.upstream}
         upstream.update({use.asset_name: source_version(use) for use in node_sources(recipe, name)})
-        if name == "doge_base" and (init_version := recipe.stages.pretrain.init_base_version()):
-            # A continued base model's manifest records the checkpoint it started from, so its recorded
-            # lineage goes back through every earlier base model.
-            upstream["doge_base"] = init_version
+        stage_section = recipe.section(node.sections[-1])
+        if isinstance(stage_section, StageRecipe) and (continued := stage_section.continues_from()):
+            # A continued model's manifest records the checkpoint it started from, so its recorded
+            # lineage goes back through every earlier version of it.
+            upstream[name] = continued
         section = content_version(*(recipe.section(path) for path in node.sections))
         version = content_version(node.name, node.code_version, section, upstream)
         planned[name] = Planned(name, version, upstream, section)
         return planned[name]
 
-    for name in nodes or list(NODES):
+    for name in nodes or list(graph):
         visit(name)
     return planned

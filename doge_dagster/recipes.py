@@ -1,8 +1,10 @@
 """Typed recipes: one YAML file per model family (partition), validated before any work starts.
 
-A recipe holds everything a family needs: the tokenizer, the five data mixtures, the model
-architecture, per-stage training arguments and launch settings, and the evaluation task lists.
-Every model forbids unknown fields, and every error names the file, the field path and the fix.
+A recipe holds everything a family needs: the tokenizer, one section per mixture, the model architecture,
+per stage the training arguments and launch settings, and per report the evaluation tasks. Which mixture,
+stage and report sections exist comes from the chain's records (`doge_dagster.stages`); each section's
+model is in `doge_dagster.recipe_sections`. Every model forbids unknown fields, and every error names the
+file, the field path and the fix.
 """
 
 from __future__ import annotations
@@ -10,364 +12,105 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ValidationError, create_model, model_validator
 
-from doge_dagster.data.registry import DATASETS, DatasetKind
+from doge_dagster.data.registry import DATASETS
+from doge_dagster.recipe_sections import (
+    EvalRecipe,
+    LaunchRecipe,
+    MixtureRecipe,
+    ModelRecipe,
+    SourceRef,
+    StageRecipe,
+    Strict,
+    TokenizerRecipe,
+)
+from doge_dagster.stages import CHAIN, Chain
 
-log = logging.getLogger(__name__)
+__all__ = ["LaunchRecipe", "MixtureRecipe", "Recipe", "RecipeError", "SourceRef", "StageRecipe"]
 
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available: 10x faster
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RECIPES_DIR = Path(os.environ.get("DOGE_RECIPES_DIR", PROJECT_ROOT / "recipes"))
 ACCELERATE_CONFIGS_DIR = PROJECT_ROOT / "recipes" / "accelerate"
 
-MIXTURE_KINDS: dict[str, DatasetKind] = {
-    "pretrain": "text",
-    "sft": "conversation",
-    "dpo": "preference",
-    "distill": "reasoning",
-    "grpo": "math_problem",
-}
-
-# Seed recipes use transformers 4.x / TRL 0.x names. Renamed ones are translated (with a log line);
-# removed ones are rejected with the replacement named.
-LEGACY_RENAMES = {
-    "max_seq_length": "max_length",
-    "evaluation_strategy": "eval_strategy",
-    "no_cuda": "use_cpu",
-    "gradient_checkpointing": "activation_checkpointing",  # transformers 5 renamed it
-    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
-}
-LEGACY_REMOVED = {
-    "overwrite_output_dir": "remove it: the artifact store picks a fresh versioned output folder",
-    "logging_dir": "remove it: logs go to the run log and the artifact's metadata",
-    "output_dir": "remove it: the artifact store decides where checkpoints go",
-    "max_prompt_length": "remove it: TRL 1.x truncates with `max_length` only",
-    "max_completion_length_dpo": "remove it",
-    "vllm_device": "remove it: TRL 1.x configures vLLM with `vllm_mode`",
-}
-
 
 class RecipeError(ValueError):
     """A recipe failed validation; the message names the file, each field path and the fix."""
 
 
-class Strict(BaseModel):
-    """Base for every recipe section: unknown fields are errors, values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _required_mixtures(chain: Chain) -> set[str]:
+    return {stage.mixture for stage in chain.stages if not stage.optional}
 
 
-class SourceRef(Strict):
-    """One dataset of a mixture and its share.
-
-    `kind` says where rows come from: `hub` (the real Hub dataset, streamed), `local` (a folder of
-    jsonl/parquet files in the Hub schema, or a local copy of the Hub repo) or `generated`
-    (deterministic offline data in the same schema, for the `tiny` recipe and tests).
-    """
-
-    dataset: str
-    ratio: float = Field(gt=0, le=1)
-    kind: Literal["hub", "local", "generated"] = "hub"
-    path: str | None = Field(None, description="local folder (kind=local), or a Hub mirror root (kind=hub)")
-    revision: str | None = Field(None, description="Hub revision to pin (kind=hub)")
-    num_rows: int | None = Field(None, gt=0, description="rows to generate (kind=generated)")
-
-    @field_validator("dataset")
-    @classmethod
-    def _known_dataset(cls, value: str) -> str:
-        if value not in DATASETS:
-            raise ValueError(f"unknown dataset {value!r}; use one of: {', '.join(sorted(DATASETS))}")
-        return value
-
-    @model_validator(mode="after")
-    def _kind_fields(self) -> SourceRef:
-        if self.kind == "local" and not self.path:
-            raise ValueError("kind 'local' needs `path`: the folder holding the dataset files")
-        if self.kind == "generated" and self.num_rows is None:
-            raise ValueError("kind 'generated' needs `num_rows`: how many rows to generate")
-        if self.kind != "generated" and self.num_rows is not None:
-            raise ValueError("`num_rows` is only for kind 'generated'; remove it")
-        return self
+def _section_fields(records, model_of, required) -> dict[str, Any]:
+    """pydantic fields, one per record: required, or optional (None when a recipe leaves it out)."""
+    return {
+        record.name: (model_of(record), ...) if required(record) else (model_of(record) | None, None)
+        for record in records
+    }
 
 
-class MixtureRecipe(Strict):
-    """A data mixture: sources by ratio, how much, how long, and how to split.
+@functools.cache
+def recipe_model(chain: Chain) -> type[Strict]:
+    """The `Recipe` model of a chain: a section per mixture, stage and report, in chain order."""
+    needed = _required_mixtures(chain)
+    mixtures = create_model(
+        "Mixtures", __base__=Strict, __doc__="The recipe's mixtures, one per mixture of the chain.",
+        **_section_fields(chain.mixtures, lambda _: MixtureRecipe, lambda mixture: mixture.name in needed),
+    )  # fmt: skip
+    stages = create_model(
+        "Stages", __base__=Strict, __doc__="Training stages in chain order.",
+        **_section_fields(chain.stages, lambda stage: stage.recipe_model, lambda stage: not stage.optional),
+    )  # fmt: skip
+    evaluations = create_model(
+        "Evaluations", __base__=Strict, __doc__="One report per evaluated model.",
+        **_section_fields(chain.reports, lambda _: EvalRecipe, lambda _: True),
+    )  # fmt: skip
 
-    `total_size` counts tokens for the pretraining mixture and examples for every other mixture.
-    """
+    class Recipe(Strict):
+        """Everything one partition needs, from tokenizer to evaluation."""
 
-    sources: list[SourceRef] = Field(min_length=1)
-    total_size: int = Field(gt=0)
-    max_length: int = Field(gt=0)
-    packing: bool = False
-    seed: int = 233
-    test_size: float = Field(0.02, gt=0, lt=0.5)
-    ratio_tolerance: float = Field(0.05, gt=0, lt=1)
-    formatting: Literal["none", "identity", "thinking"] = "none"
-    system_prompt: str | None = None
-    shuffle_buffer: int = Field(10_000, gt=0)
+        name: str
+        description: str = ""
+        tokenizer: TokenizerRecipe
+        mixtures: mixtures  # type: ignore[valid-type]
+        model: ModelRecipe
+        stages: stages  # type: ignore[valid-type]
+        evaluation: evaluations  # type: ignore[valid-type]
 
-    @model_validator(mode="after")
-    def _ratios(self) -> MixtureRecipe:
-        total = sum(source.ratio for source in self.sources)
-        if abs(total - 1.0) > 1e-6:
-            raise ValueError(f"source ratios sum to {total:g}; they must sum to 1")
-        names = [source.dataset for source in self.sources]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"dataset listed twice: {', '.join(duplicates)}; merge the entries")
-        return self
+        @model_validator(mode="after")
+        def _source_kinds(self) -> Recipe:
+            for mixture in chain.mixtures:
+                section = getattr(self.mixtures, mixture.name)
+                for index, source in enumerate(section.sources if section is not None else ()):
+                    actual = DATASETS[source.dataset].kind
+                    if actual != mixture.dataset_kind:
+                        raise ValueError(
+                            f"mixtures.{mixture.name}.sources.{index}.dataset: {source.dataset!r} holds {actual} "
+                            f"rows, but the {mixture.name} mixture needs {mixture.dataset_kind} datasets"
+                        )
+            return self
 
+        def section(self, dotted: str) -> Any:
+            """Return a sub-section by dotted path, e.g. `mixtures.sft` or `stages.pretrain` (None for an
+            optional stage the recipe leaves out)."""
+            node: Any = self
+            for part in dotted.split("."):
+                node = getattr(node, part)
+            return node
 
-class Mixtures(Strict):
-    """The five mixtures of the recipe, one per training stage."""
-
-    pretrain: MixtureRecipe
-    sft: MixtureRecipe
-    dpo: MixtureRecipe
-    distill: MixtureRecipe
-    grpo: MixtureRecipe
-
-
-class TokenizerRecipe(Strict):
-    """Where the tokenizer comes from: the Hub, a local folder, or a BPE trained on the pretraining sources."""
-
-    source: Literal["hub", "path", "train_bpe"]
-    name_or_path: str | None = None
-    revision: str | None = None
-    vocab_size: int = Field(32768, gt=8)
-    train_samples: int = Field(20_000, gt=0, description="documents per pretraining source used for BPE")
-    min_frequency: int = Field(2, ge=1)
-
-    @model_validator(mode="after")
-    def _location(self) -> TokenizerRecipe:
-        if self.source in ("hub", "path") and not self.name_or_path:
-            raise ValueError(f"source {self.source!r} needs `name_or_path` (a Hub id or a local folder)")
-        return self
+    Recipe.chain = chain  # what the recipe's sections mean: plan, assets and runner read the records from here
+    return Recipe
 
 
-class ModelRecipe(Strict):
-    """The Doge architecture (transformers `DogeConfig` fields we set; others keep their defaults)."""
-
-    vocab_size: int | Literal["tokenizer"] = 32768
-    hidden_size: int = Field(gt=0)
-    intermediate_size: int = Field(gt=0)
-    num_hidden_layers: int = Field(gt=0)
-    num_attention_heads: int = Field(gt=0)
-    num_key_value_heads: int = Field(gt=0)
-    max_position_embeddings: int = Field(2048, gt=0)
-    keep_window_size: int = Field(2048, gt=0)
-    rope_theta: float = Field(10000.0, gt=0)
-    tie_word_embeddings: bool = True
-    hidden_act: str = "silu"
-    rms_norm_eps: float = Field(1e-6, gt=0)
-    initializer_range: float = Field(0.02, gt=0)
-    hidden_dropout: float = Field(0.0, ge=0, lt=1)
-    attention_dropout: float = Field(0.0, ge=0, lt=1)
-    bos_token_id: int = 0
-    eos_token_id: int = 1
-    pad_token_id: int = 2
-
-    @model_validator(mode="after")
-    def _shapes(self) -> ModelRecipe:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError("hidden_size must be divisible by num_attention_heads")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError("num_attention_heads must be divisible by num_key_value_heads")
-        if self.pad_token_id == self.eos_token_id:
-            raise ValueError("pad_token_id must differ from eos_token_id, or every EOS is masked from the loss")
-        return self
-
-
-class LaunchRecipe(Strict):
-    """Where and how a stage runs: accelerate config, processes, and scheduler settings per backend."""
-
-    accelerate_config: str = "cpu"
-    num_processes: int | None = Field(None, gt=0, description="default: gpus_per_node x nodes, or 1 on CPU")
-    nodes: int = Field(1, gt=0)
-    gpus_per_node: int = Field(0, ge=0)
-    cpus_per_task: int | None = Field(None, gt=0)
-    memory: str | None = None
-    time_limit: str = "24:00:00"
-    partition: str | None = None
-    account: str | None = None
-    sbatch_extra: list[str] = Field(default_factory=list)
-    setup: list[str] = Field(default_factory=list, description="shell lines run before the launch")
-    image: str | None = None
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    env: dict[str, str] = Field(default_factory=dict)
-
-    @property
-    def processes(self) -> int:
-        """Total processes across nodes."""
-        if self.num_processes is not None:
-            return self.num_processes
-        return max(1, self.gpus_per_node) * self.nodes
-
-
-class StageRecipe(Strict):
-    """A training stage: arguments for its trainer config and its launch settings.
-
-    `training` keys are fields of transformers `TrainingArguments` (pretraining) or of the TRL config
-    of the stage; they are checked against that class before launch.
-    """
-
-    training: dict[str, Any] = Field(default_factory=dict)
-    launch: LaunchRecipe = Field(default_factory=LaunchRecipe)
-
-    @field_validator("training", mode="before")
-    @classmethod
-    def _translate_legacy(cls, value: Any) -> Any:
-        if not isinstance(value, dict):
-            return value
-        # PyYAML reads `3e-3` (no dot) as a string; trainers need the number.
-        translated = {key: _number_or_text(item) for key, item in value.items()}
-        for old, reason in LEGACY_REMOVED.items():
-            if old in translated:
-                raise ValueError(f"`{old}` is no longer supported; {reason}")
-        for old, new in LEGACY_RENAMES.items():
-            if old in translated:
-                if new in translated:
-                    raise ValueError(f"both `{old}` and its replacement `{new}` given; keep only `{new}`")
-                log.info("recipe: translated legacy training field %s -> %s", old, new)
-                translated[new] = translated.pop(old)
-        if "warmup_ratio" in translated:
-            # transformers 5 dropped warmup_ratio: a warmup_steps below 1 is read as a ratio.
-            ratio = translated.pop("warmup_ratio")
-            if "warmup_steps" in translated:
-                raise ValueError("both `warmup_ratio` and `warmup_steps` given; keep only `warmup_steps`")
-            if not 0 <= float(ratio) < 1:
-                raise ValueError("`warmup_ratio` must be in [0, 1)")
-            log.info("recipe: translated warmup_ratio=%s -> warmup_steps=%s", ratio, ratio)
-            translated["warmup_steps"] = float(ratio)
-        return translated
-
-
-FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
-
-
-def _number_or_text(value: Any) -> Any:
-    return float(value) if isinstance(value, str) and FLOAT_TEXT.match(value) else value
-
-
-class PretrainStage(StageRecipe):
-    """Pretraining from scratch, or continued from `init_from`: a Hub id, a local folder, or a published
-    `doge_base:<version>` of the same partition (its WSD stable-phase snapshot when it kept one)."""
-
-    init_from: str | None = None
-
-    @field_validator("init_from")
-    @classmethod
-    def _pinned_base(cls, value: str | None) -> str | None:
-        # The reference is part of doge_base's version: a moving target such as `latest` would make a new
-        # base model look cached. The retraining schedule resolves the newest version before each run.
-        asset, separator, version = (value or "").partition(":")
-        if separator and asset == "doge_base" and not re.fullmatch(r"[0-9a-f]{16}", version):
-            raise ValueError(
-                f"init_from {value!r}: name a published version, doge_base:<16 hex digits> "
-                "(`doge-dagster versions --partition P` lists them)"
-            )
-        return value
-
-    def init_base_version(self) -> str | None:
-        """The `doge_base` version this run continues from, when `init_from` names a published one."""
-        asset, _, version = (self.init_from or "").partition(":")
-        return version if asset == "doge_base" and version else None
-
-
-class GRPOStage(StageRecipe):
-    """GRPO with verifiable rewards; `rewards` names functions of `doge_dagster.training.rewards`."""
-
-    rewards: list[Literal["accuracy", "format"]] = Field(default_factory=lambda: ["accuracy", "format"])
-    reward_weights: list[float] | None = None
-
-    @model_validator(mode="after")
-    def _generations(self) -> GRPOStage:
-        generations = self.training.get("num_generations", 8)
-        if int(generations) < 2:
-            raise ValueError("training.num_generations must be at least 2: one completion per prompt has no signal")
-        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
-            raise ValueError("reward_weights needs one weight per entry of `rewards`")
-        return self
-
-
-class Stages(Strict):
-    """Training stages in pipeline order."""
-
-    pretrain: PretrainStage
-    sft: StageRecipe
-    dpo: StageRecipe
-    distill: StageRecipe
-    grpo: GRPOStage
-
-
-TASK_PATTERN = re.compile(r"^[\w.-]+\|[\w.:/-]+\|\d+\|[01]$")
-
-
-class EvalRecipe(Strict):
-    """A lighteval report: task strings `suite|task|fewshot|truncate` and the gates on its scores."""
-
-    tasks: list[str] = Field(min_length=1)
-    use_chat_template: bool = False
-    max_samples: int | None = Field(None, gt=0)
-    regression_tolerance: float = Field(0.02, ge=0)
-    min_format_rate: float | None = Field(None, ge=0, le=1)
-    launch: LaunchRecipe = Field(default_factory=LaunchRecipe)
-
-    @field_validator("tasks")
-    @classmethod
-    def _task_strings(cls, tasks: list[str]) -> list[str]:
-        for task in tasks:
-            if not TASK_PATTERN.match(task):
-                raise ValueError(f"task {task!r} is not of the form suite|task|fewshot|truncate (e.g. lighteval|piqa|0|0)")
-        return tasks
-
-
-class Evaluations(Strict):
-    """One evaluation per model family member."""
-
-    base: EvalRecipe
-    instruct: EvalRecipe
-    reason: EvalRecipe
-
-
-class Recipe(Strict):
-    """Everything one partition needs, from tokenizer to evaluation."""
-
-    name: str
-    description: str = ""
-    tokenizer: TokenizerRecipe
-    mixtures: Mixtures
-    model: ModelRecipe
-    stages: Stages
-    evaluation: Evaluations
-
-    @model_validator(mode="after")
-    def _source_kinds(self) -> Recipe:
-        for mixture_name, kind in MIXTURE_KINDS.items():
-            for index, source in enumerate(getattr(self.mixtures, mixture_name).sources):
-                actual = DATASETS[source.dataset].kind
-                if actual != kind:
-                    raise ValueError(
-                        f"mixtures.{mixture_name}.sources.{index}.dataset: {source.dataset!r} holds {actual} rows, "
-                        f"but the {mixture_name} mixture needs {kind} datasets"
-                    )
-        return self
-
-    def section(self, dotted: str) -> Any:
-        """Return a sub-section by dotted path, e.g. `mixtures.sft` or `stages.pretrain`."""
-        node: Any = self
-        for part in dotted.split("."):
-            node = getattr(node, part)
-        return node
+Recipe = recipe_model(CHAIN)
 
 
 def canonical_json(value: Any) -> str:
@@ -432,24 +175,25 @@ def _load_file(path: str, mtime_ns: int, size: int) -> Recipe:
     return parse_recipe(raw, source=path)
 
 
-def parse_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
-    """Validate a recipe from already-parsed YAML data."""
+def parse_recipe(raw: Any, source: str = "<recipe>", chain: Chain | None = None) -> Recipe:
+    """Validate a recipe from already-parsed YAML data (against `chain`'s sections, default: the environment's)."""
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: a recipe must be a mapping of sections, got {type(raw).__name__}")
+    model = Recipe if chain is None else recipe_model(chain)
     try:
-        return Recipe.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as error:
-        raise RecipeError(format_validation_error(error, source)) from None
+        raise RecipeError(format_validation_error(error, source, model)) from None
 
 
-def format_validation_error(error: ValidationError, source: str) -> str:
+def format_validation_error(error: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
     """One line per problem: `file: field.path: message`, listing allowed fields for unknown ones."""
     lines = [f"{source}: invalid recipe ({error.error_count()} problem(s))"]
     for problem in error.errors():
         location = ".".join(str(part) for part in problem["loc"]) or "<root>"
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
-            allowed = _allowed_fields(Recipe, problem["loc"][:-1])
+            allowed = _allowed_fields(model or Recipe, problem["loc"][:-1])
             message = f"unknown field; allowed here: {', '.join(allowed)}" if allowed else "unknown field"
         elif problem["type"] == "missing":
             message = "required field is missing"
@@ -501,9 +245,13 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
                 raise RecipeError(f"override {dotted!r}: no section {part!r} in the recipe")
             node = node[part]
         node[leaf] = yaml.safe_load(value) if isinstance(value, str) else value
-    return parse_recipe(data, source=f"recipe {recipe.name} with overrides {sorted(overrides)}")
+    return parse_recipe(data, source=f"recipe {recipe.name} with overrides {sorted(overrides)}", chain=recipe.chain)
 
 
 def overrides_from_tags(tags: dict[str, str]) -> dict[str, str]:
     """The recipe overrides carried by a run's tags."""
-    return {key.removeprefix(OVERRIDE_TAG_PREFIX): value for key, value in tags.items() if key.startswith(OVERRIDE_TAG_PREFIX)}
+    return {
+        key.removeprefix(OVERRIDE_TAG_PREFIX): value
+        for key, value in tags.items()
+        if key.startswith(OVERRIDE_TAG_PREFIX)
+    }

@@ -12,15 +12,16 @@ from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from assets.partitions import RECIPE_PARTITIONS
 from doge_dagster.data.registry import DATASETS
-from doge_dagster.data.sources import SourceError, source_fingerprint
-from doge_dagster.plan import EVALUATION_ASSETS, recipe_sources
+from doge_dagster.plan import source_versions
 from doge_dagster.recipes import OVERRIDE_TAG_PREFIX, RecipeError, content_version, load_recipe
+from doge_dagster.stages import CHAIN
 from jobs.pipelines import full_pipeline
 from resources.artifact_store import ArtifactStoreResource
 
 RETRAIN_CRON = os.environ.get("DOGE_RETRAIN_CRON", "0 3 * * 0")
 RETRAIN_PARTITIONS = os.environ.get("DOGE_RETRAIN_PARTITIONS", "tiny").split(",")
-INIT_FROM_TAG = f"{OVERRIDE_TAG_PREFIX}stages.pretrain.init_from"
+BASE = CHAIN.root_stage()  # pretraining: the stage that continues from its own latest model
+INIT_FROM_TAG = f"{OVERRIDE_TAG_PREFIX}{BASE.section}.init_from"
 
 
 def retrain_requests(artifact_store: ArtifactStoreResource, partitions: list[str]) -> list[dg.RunRequest]:
@@ -28,8 +29,8 @@ def retrain_requests(artifact_store: ArtifactStoreResource, partitions: list[str
     store = artifact_store.get_store()
     requests = []
     for partition in partitions:
-        latest = store.latest("doge_base", partition)
-        tags = {INIT_FROM_TAG: f"doge_base:{latest.version}"} if latest else {}
+        latest = store.latest(BASE.asset, partition)
+        tags = {INIT_FROM_TAG: f"{BASE.asset}:{latest.version}"} if latest else {}
         requests.append(dg.RunRequest(partition_key=partition, tags=tags))
     return requests
 
@@ -47,15 +48,14 @@ def retrain_schedule(context: dg.ScheduleEvaluationContext, artifact_store: Arti
     return retrain_requests(artifact_store, RETRAIN_PARTITIONS)
 
 
-def source_versions(partition: str) -> dict[str, str] | None:
-    """Each source's fingerprint for a partition, as its observable source asset reports it (None when a
-    source cannot be checked now)."""
+def partition_source_versions(partition: str) -> dict[str, str] | None:
+    """Each source's version for a partition, as its observable source asset reports it (None when the
+    recipe is invalid or a source cannot be checked now: the next tick tries again)."""
     try:
-        return {
-            name: source_fingerprint(use.ref, use.seed) for name, use in recipe_sources(load_recipe(partition)).items()
-        }
-    except (RecipeError, SourceError):
+        versions, errors = source_versions(load_recipe(partition))
+    except RecipeError:
         return None
+    return None if errors else versions
 
 
 @dg.sensor(
@@ -72,7 +72,7 @@ def source_data_sensor(context: dg.SensorEvaluationContext):
     current = dict(previous)
     requests, observations = [], []
     for partition in RECIPE_PARTITIONS.get_partition_keys():
-        versions = source_versions(partition)
+        versions = partition_source_versions(partition)
         if versions is None:
             continue
         version = content_version(versions)
@@ -148,7 +148,7 @@ def run_failure_summary(context: dg.RunFailureSensorContext, artifact_store: Art
 
 evaluate_new_models = dg.AutomationConditionSensorDefinition(
     "evaluate_new_models",
-    target=dg.AssetSelection.assets(*EVALUATION_ASSETS.values()),
+    target=dg.AssetSelection.assets(*(report.asset for report in CHAIN.reports)),
     default_status=dg.DefaultSensorStatus.STOPPED,
     minimum_interval_seconds=60,
     description=(

@@ -3,14 +3,22 @@
 import dagster as dg
 
 from assets.partitions import RECIPE_PARTITIONS
+from doge_dagster.stages import CHAIN
 
-GROUP_JOBS = {
-    "data": "Tokenizer and the five data mixtures of one recipe.",
-    "pretrain": "Pretraining: doge_base.",
-    "instruct": "Instruction tuning: SFT then DPO (doge_instruct_sft, doge_instruct).",
-    "reason": "Reasoning tuning: distillation SFT then GRPO (doge_reason_distill, doge_reason).",
-    "evaluation": "lighteval reports of the base, instruct and reason models.",
-}
+
+def group_descriptions() -> dict[str, str]:
+    """One job per asset group, described by what it materializes (taken from the chain's records)."""
+    groups: dict[str, list[str]] = {}
+    for stage in CHAIN.stages:
+        groups.setdefault(stage.group, []).append(f"{stage.name} ({stage.asset})")
+    return {
+        "data": "The tokenizer and the mixtures of one recipe: " + ", ".join(m.asset for m in CHAIN.mixtures) + ".",
+        **{group: "Training stages in order: " + " then ".join(stages) + "." for group, stages in groups.items()},
+        "evaluation": "lighteval reports: "
+        + ", ".join(f"{r.asset} on {CHAIN.stage(r.model_stage).asset}" for r in CHAIN.reports)
+        + ".",
+    }
+
 
 full_pipeline = dg.define_asset_job(
     "full_pipeline",
@@ -23,7 +31,9 @@ full_pipeline = dg.define_asset_job(
 JOBS = [
     full_pipeline,
     *(
-        dg.define_asset_job(group, selection=dg.AssetSelection.groups(group), partitions_def=RECIPE_PARTITIONS, description=text)
-        for group, text in GROUP_JOBS.items()
+        dg.define_asset_job(
+            group, selection=dg.AssetSelection.groups(group), partitions_def=RECIPE_PARTITIONS, description=text
+        )
+        for group, text in group_descriptions().items()
     ),
 ]

@@ -13,9 +13,9 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
+from doge_dagster.launching.command import accelerate_command
+from doge_dagster.launching.spec import LaunchSpec
 from doge_dagster.recipes import PROJECT_ROOT, LaunchRecipe
-from doge_dagster.training.launch import accelerate_command
-from doge_dagster.training.spec import StageSpec
 
 
 class SlurmSettings(dg.Config):
@@ -92,7 +92,7 @@ class ComputeResource(dg.ConfigurableResource):
     def run_stage(
         self,
         context: dg.AssetExecutionContext,
-        spec: StageSpec,
+        spec: LaunchSpec,
         launch: LaunchRecipe,
         extra_env: Mapping[str, str] | None = None,
     ) -> dg.PipesClientCompletedInvocation:

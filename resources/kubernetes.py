@@ -44,9 +44,9 @@ from typing import Any
 
 import dagster as dg
 
+from doge_dagster.launching.command import LaunchError, accelerate_command
+from doge_dagster.launching.spec import SPEC_ENV_PREFIX, SPEC_ENV_VAR, LaunchSpec
 from doge_dagster.recipes import PROJECT_ROOT, LaunchRecipe
-from doge_dagster.training.launch import LaunchError, accelerate_command
-from doge_dagster.training.spec import SPEC_ENV_PREFIX, SPEC_ENV_VAR, StageSpec
 from resources.compute import KubernetesSettings
 
 CONTAINER_NAME = "dagster-pipes-execution"  # PipesK8sClient's name for the first container
@@ -134,7 +134,7 @@ def time_limit_seconds(limit: str) -> int:
 
 def container_command(
     settings: KubernetesSettings,
-    spec: StageSpec,
+    spec: LaunchSpec,
     launch: LaunchRecipe,
     machine_rank: str | None = None,
     main_process_ip: str | None = None,
@@ -155,7 +155,7 @@ def container_command(
     return command
 
 
-def labels(spec: StageSpec) -> dict[str, str]:
+def labels(spec: LaunchSpec) -> dict[str, str]:
     """Pod labels naming the artifact (values cleaned to the label syntax)."""
 
     def clean(value: str) -> str:
@@ -171,7 +171,7 @@ def labels(spec: StageSpec) -> dict[str, str]:
 
 def pod_spec(
     settings: KubernetesSettings,
-    spec: StageSpec,
+    spec: LaunchSpec,
     launch: LaunchRecipe,
     env: Mapping[str, str],
     machine_rank: str | None = None,
@@ -256,7 +256,7 @@ def pipes_client(settings: KubernetesSettings):
 def run_on_kubernetes(
     context: dg.AssetExecutionContext,
     settings: KubernetesSettings,
-    spec: StageSpec,
+    spec: LaunchSpec,
     spec_path: Path,
     launch: LaunchRecipe,
     env: Mapping[str, str],
@@ -287,7 +287,7 @@ def run_on_kubernetes(
 
 
 # -- several nodes: an indexed Job and a headless Service ------------------------------------------------------
-def job_name_for(context_run_id: str, spec: StageSpec) -> str:
+def job_name_for(context_run_id: str, spec: LaunchSpec) -> str:
     """A DNS-1123 name, unique per run and stage (pod hostnames add `-<index>`)."""
     base = re.sub(r"[^a-z0-9-]", "-", f"doge-{spec.stage}-{context_run_id[:8]}".lower())
     return base[:50].strip("-")
@@ -295,7 +295,7 @@ def job_name_for(context_run_id: str, spec: StageSpec) -> str:
 
 def indexed_job_manifests(
     settings: KubernetesSettings,
-    spec: StageSpec,
+    spec: LaunchSpec,
     launch: LaunchRecipe,
     env: Mapping[str, str],
     job_name: str,
@@ -362,7 +362,7 @@ def _load_kube_config(settings: KubernetesSettings) -> None:
 def run_indexed_job(
     context: dg.AssetExecutionContext,
     settings: KubernetesSettings,
-    spec: StageSpec,
+    spec: LaunchSpec,
     launch: LaunchRecipe,
     env: Mapping[str, str],
 ) -> dg.PipesClientCompletedInvocation:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from doge_dagster.launching.command import accelerate_command
+from doge_dagster.launching.spec import LaunchSpec
 from doge_dagster.recipes import PROJECT_ROOT, LaunchRecipe
-from doge_dagster.training.launch import accelerate_command
-from doge_dagster.training.spec import StageSpec
 
 # Every other state ends the job; only COMPLETED counts as success (FAILED, CANCELLED, TIMEOUT, NODE_FAIL, ...).
 RUNNING = set("PENDING CONFIGURING RUNNING COMPLETING SUSPENDED REQUEUED REQUEUE_HOLD RESIZING STAGE_OUT".split())  # noqa: SIM905
@@ -205,7 +205,7 @@ def wait_for_job(context, job_id: str, log_path: Path, poll_interval_s: float) -
 
 
 def run_on_slurm(
-    context, settings, spec: StageSpec, spec_path: Path, launch: LaunchRecipe, env: dict[str, str]
+    context, settings, spec: LaunchSpec, spec_path: Path, launch: LaunchRecipe, env: dict[str, str]
 ) -> dg.PipesClientCompletedInvocation:
     """Run one stage as a Slurm batch job through Dagster Pipes and wait for it.
 

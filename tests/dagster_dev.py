@@ -6,6 +6,8 @@
   answers and the code location is loaded. Teardown kills the group and then every process that still
   carries the server's DAGSTER_HOME in its environment (run workers and training processes).
 - `DagsterDev`: GraphQL helpers against a started server (runs, schedules, stale status).
+- `cli_stale_status(...)`: the same stale-status query through the `dagster-graphql` CLI, without a server.
+- `latest_materializations(...)`, `instance_runs(...)`: what a DAGSTER_HOME holds (`programs/instance.py`).
 - `run_command(...)`: any CLI command in its own process group, killed as a group on timeout.
 - `TinyChain` / `tiny_chain_session`: the whole tiny graph materialized once per test session with the
   README's quick-start command (`dagster asset materialize ... --select 'tokenizer*' --partition tiny`);
@@ -22,7 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -31,11 +33,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers import DAGSTER_BIN, PROJECT_ROOT, dagster_env, kill_group, processes_in_group, run_command, tail
+from helpers import (
+    DAGSTER_BIN,
+    PROJECT_ROOT,
+    dagster_env,
+    kill_group,
+    processes_in_group,
+    run_command,
+    run_program,
+    tail,
+)
 
 VENV_BIN = Path(sys.executable).parent
 DAGSTER = str(DAGSTER_BIN)
 DG = str(VENV_BIN / "dg")
+DAGSTER_GRAPHQL = str(VENV_BIN / "dagster-graphql")
 DOGE_DAGSTER = str(VENV_BIN / "doge-dagster")
 ARTIFACTS_DIR = PROJECT_ROOT / "test-artifacts"  # screenshots and logs (gitignored)
 LOCATION = "doge_dagster"  # [tool.dagster] code_location_name
@@ -107,42 +119,77 @@ def kill_processes_with_env(marker: str, wait_s: float = 20.0) -> None:
 
 
 # -- the Dagster instance, read in a subprocess ------------------------------------------------------------------
-LATEST_MATERIALIZATIONS_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    import dagster as dg
-
-    instance = dg.DagsterInstance.get()
-    out = {}
-    for name in sys.argv[2:]:
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(name), asset_partitions=[sys.argv[1]]), limit=1
-        ).records
-        if not records:
-            continue
-        entry = records[0].event_log_entry
-        metadata = {key: value.value for key, value in entry.asset_materialization.metadata.items()}
-        out[name] = {
-            "run_id": entry.run_id,
-            "cached": metadata.get("cached"),
-            "version": metadata.get("version"),
-            "metadata": {key: value for key, value in metadata.items() if isinstance(value, (str, int, float, bool, dict, list))},
-        }
-    print("RESULT-JSON " + json.dumps(out, default=str))
-    """
-)
-
-
 def latest_materializations(
     env: dict[str, str], assets: Sequence[str], partition: str = "tiny", timeout: float = 180
 ) -> dict[str, dict]:
     """The newest materialization of each asset partition in env's DAGSTER_HOME: run id, `cached`, `version`, metadata."""
-    result = run_command([sys.executable, "-c", LATEST_MATERIALIZATIONS_SCRIPT, partition, *assets], env, timeout)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT-JSON ")]
-    assert result.returncode == 0 and lines, (
-        f"reading the instance failed (rc {result.returncode}):\n{tail(result.stdout)}"
-    )
-    return json.loads(lines[-1].removeprefix("RESULT-JSON "))
+    return run_program("instance", ["materializations", partition, *assets], env, timeout).result
+
+
+def instance_runs(env: dict[str, str], timeout: float = 120) -> list[dict[str, Any]]:
+    """Every run in env's DAGSTER_HOME (run id, job, status, tags), newest first."""
+    return run_program("instance", ["runs"], env, timeout).result
+
+
+# -- stale status, through the GraphQL API the UI uses ----------------------------------------------------------------
+STALE_STATUS_QUERY = """
+query Stale($partition: String) {
+  assetNodes {
+    assetKey { path }
+    isMaterializable
+    staleStatus(partition: $partition)
+    staleCauses(partition: $partition) { key { path } category reason dependency { path } }
+  }
+}
+"""
+
+
+def stale_status_by_asset(asset_nodes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`assetNodes` of STALE_STATUS_QUERY as asset -> {status, materializable, causes}.
+
+    A cause is `{key, category, reason, dependency}` (asset names, `dependency` None or not). GraphQL gives root
+    causes: a dependency's new data version is a cause whose `key` is the changed asset (with no dependency), a new
+    code version one whose `key` is the asset itself.
+    """
+    return {
+        "/".join(node["assetKey"]["path"]): {
+            "status": node["staleStatus"],
+            "materializable": node["isMaterializable"],
+            "causes": [
+                {
+                    "key": "/".join(cause["key"]["path"]),
+                    "category": cause["category"],
+                    "reason": cause["reason"],
+                    "dependency": "/".join(cause["dependency"]["path"]) if cause.get("dependency") else None,
+                }
+                for cause in node["staleCauses"] or []
+            ],
+        }
+        for node in asset_nodes
+    }
+
+
+def cli_stale_status(env: dict[str, str], partition: str = "tiny", timeout: float = 300) -> dict[str, dict[str, Any]]:
+    """Stale status and causes of every asset for `partition`, from the `dagster-graphql` CLI (no server needed).
+
+    `dagster-graphql -m doge_dagster.definitions` runs STALE_STATUS_QUERY in process against the code location
+    (loaded by a code server it starts with env, so DOGE_RECIPES_DIR applies) and the instance of env's
+    DAGSTER_HOME: the same API and answer as a `dagster dev` (see `DagsterDev.stale_status`), without the webserver.
+    """
+    with tempfile.TemporaryDirectory(prefix="stale-status-") as folder:
+        answer_path = Path(folder) / "answer.json"
+        command = [
+            DAGSTER_GRAPHQL, "-m", "doge_dagster.definitions", "-t", STALE_STATUS_QUERY,
+            "-v", json.dumps({"partition": partition}), "-o", str(answer_path),
+        ]  # fmt: skip
+        result = run_command(command, env, timeout)
+        assert result.returncode == 0 and answer_path.is_file(), (
+            f"dagster-graphql failed (rc {result.returncode}):\n{tail(result.stdout)}"
+        )
+        answer = json.loads(answer_path.read_text())
+    if answer.get("errors"):
+        raise GraphQLError(f"GraphQL errors: {json.dumps(answer['errors'])[:3000]}")
+    return stale_status_by_asset(answer["data"]["assetNodes"])
 
 
 def code_location_assets() -> dict[str, Any]:
@@ -326,35 +373,7 @@ class DagsterDev:
     # -- assets -------------------------------------------------------------------------------------------------
     def stale_status(self, partition: str) -> dict[str, dict[str, Any]]:
         """Per asset: the UI's stale status for `partition` (FRESH, STALE, MISSING) and the causes."""
-        data = self.graphql(
-            """
-            query Stale($partition: String) {
-              assetNodes {
-                assetKey { path }
-                isMaterializable
-                staleStatus(partition: $partition)
-                staleCauses(partition: $partition) { key { path } category reason dependency { path } }
-              }
-            }
-            """,
-            {"partition": partition},
-        )["assetNodes"]
-        return {
-            "/".join(node["assetKey"]["path"]): {
-                "status": node["staleStatus"],
-                "materializable": node["isMaterializable"],
-                "causes": [
-                    {
-                        "key": "/".join(cause["key"]["path"]),
-                        "category": cause["category"],
-                        "reason": cause["reason"],
-                        "dependency": "/".join(cause["dependency"]["path"]) if cause.get("dependency") else None,
-                    }
-                    for cause in node["staleCauses"] or []
-                ],
-            }
-            for node in data
-        }
+        return stale_status_by_asset(self.graphql(STALE_STATUS_QUERY, {"partition": partition})["assetNodes"])
 
 
 def _wait_until_ready(server: DagsterDev, timeout: float) -> None:

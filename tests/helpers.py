@@ -1,7 +1,8 @@
-"""Shared test helpers: edited copies of the tiny recipe, and Dagster materializations in subprocesses.
+"""Shared test helpers: edited copies of the tiny recipe, subprocesses, and the programs of `tests/programs/`.
 
 Recipes are read from DOGE_RECIPES_DIR when the code location is imported, so a test that needs an
-edited recipe writes it as `tiny.yaml` into its own folder and materializes in a subprocess.
+edited recipe writes it as `tiny.yaml` into its own folder and materializes in a subprocess
+(`dg_materialize`, which runs `programs/materialize.py` with `run_program`).
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from programs import RESULT_PREFIX
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TESTS_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = TESTS_DIR.parent
+PROGRAMS_PACKAGE = "programs"  # tests/programs/, run with `python -m programs.<module>`
 TINY_RECIPE = PROJECT_ROOT / "recipes" / "tiny.yaml"
 DAGSTER_BIN = Path(sys.executable).with_name("dagster")
 DATA_ASSETS = ("tokenizer", "pretrain_mixture", "sft_mixture", "dpo_mixture", "distill_mixture", "grpo_mixture")
@@ -259,41 +263,85 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
         time.sleep(interval)
 
 
-# -- dg.materialize in a subprocess -----------------------------------------------------------------------------
-MATERIALIZE_SCRIPT = textwrap.dedent(
+# -- programs in a subprocess ----------------------------------------------------------------------------------
+@dataclass
+class ProgramRun:
+    """A finished `python -m programs.<module>`: its parsed RESULT-JSON line, exit status and output."""
+
+    result: Any
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        """stdout then stderr, for assertion messages and searches."""
+        return self.stdout + self.stderr
+
+
+def program_command(module: str, *args: str) -> list[str]:
+    """The command line of `tests/programs/<module>.py` (run it with `program_env`)."""
+    return [sys.executable, "-m", f"{PROGRAMS_PACKAGE}.{module}", *args]
+
+
+def program_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: this process's) with `tests/` first on PYTHONPATH, so `-m programs.X` imports from any cwd."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def run_program(
+    module: str,
+    args: Sequence[str],
+    env: Mapping[str, str],
+    timeout: float,
+    *,
+    check: bool = True,
+    log_path: Path | None = None,
+    cwd: Path = PROJECT_ROOT,
+) -> ProgramRun:
+    """Run `python -m programs.<module> ARGS` in its own process group and parse its last RESULT-JSON line.
+
+    The group is killed on timeout (an AssertionError with the output's tail) and once the program has exited
+    (nothing of it may outlive it). With `check`, a non-zero exit status fails too; with `log_path`, the
+    command, its duration, stdout and stderr are written there.
     """
-    import json, sys
-    import dagster as dg
+    command = program_command(module, *args)
+    shown = " ".join(["python", *command[1:]])
+    started = time.monotonic()
+    process = subprocess.Popen(
+        command, cwd=cwd, env=program_env(env), start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
 
-    from resources.local import ProcessGroupSubprocessClient
+    def write_log(stdout: str, stderr: str) -> None:
+        if log_path:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path.write_text(
+                f"$ {shown}\n# {time.monotonic() - started:.1f}s, rc {process.returncode}\n"
+                f"{stdout}\n--- stderr ---\n{stderr}"
+            )
 
-    launches = []
-    original_run = ProcessGroupSubprocessClient.run
-
-    def recording_run(self, *args, **kwargs):  # counts launches, then runs the real client
-        launches.append(kwargs.get("command"))
-        return original_run(self, *args, **kwargs)
-
-    ProcessGroupSubprocessClient.run = recording_run
-
-    from doge_dagster.definitions import defs
-
-    result = dg.materialize(
-        list(defs.assets), selection=sys.argv[1].split(","), partition_key=sys.argv[2], resources=defs.resources,
-        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
-    )
-    failures = []
-    for event in result.get_step_failure_events():
-        data = event.step_failure_data
-        failures.append({
-            "step": event.step_key,
-            "error": data.error.to_string() if data.error else "",
-            "description": (data.user_failure_data.description or "") if data.user_failure_data else "",
-        })
-    messages = [event.message or "" for event in result.all_events]
-    print("RESULT-JSON " + json.dumps({"success": result.success, "failures": failures, "launches": len(launches), "messages": messages}))
-    """
-)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(process.pid)
+        stdout, stderr = process.communicate()
+        write_log(stdout, stderr)
+        raise AssertionError(f"`{shown}` timed out after {timeout:.0f}s:\n{tail(stdout)}\n{tail(stderr)}") from None
+    finally:
+        kill_group(process.pid, wait_s=5)
+    write_log(stdout, stderr)
+    lines = [line for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if check and process.returncode != 0:
+        problem = f"exited with {process.returncode}"
+    elif not lines:
+        problem = f"printed no {RESULT_PREFIX.strip()} line (rc {process.returncode})"
+    else:
+        problem = None
+    assert problem is None, f"`{shown}` {problem}:\n{tail(stdout)}\n--- stderr ---\n{tail(stderr)}"
+    return ProgramRun(json.loads(lines[-1].removeprefix(RESULT_PREFIX)), process.returncode, stdout, stderr)
 
 
 def dg_materialize(
@@ -302,21 +350,7 @@ def dg_materialize(
     """`dg.materialize` of `selection` in a subprocess (fresh imports, so DOGE_RECIPES_DIR applies).
 
     Returns `success`, step `failures` (error text and `dg.Failure` description), the number of
-    local-backend launches (`ProcessGroupSubprocessClient.run`), and the event messages.
+    local-backend launches (`ProcessGroupSubprocessClient.run`), and the event messages
+    (see `programs/materialize.py`).
     """
-    process = subprocess.Popen(
-        [sys.executable, "-c", MATERIALIZE_SCRIPT, selection, partition], cwd=PROJECT_ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(process.pid)
-        stdout, _ = process.communicate()
-        raise AssertionError(f"dg.materialize({selection!r}) timed out after {timeout}s:\n{tail(stdout)}") from None
-    completed = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT-JSON ")]
-    assert lines, (
-        f"dg.materialize({selection!r}) printed no result (rc {completed.returncode}):\n{tail(completed.stdout)}\n{tail(completed.stderr)}"
-    )
-    return json.loads(lines[-1].removeprefix("RESULT-JSON "))
+    return run_program("materialize", [selection, partition], env, timeout, check=False).result

@@ -11,11 +11,8 @@
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
-import sys
-import textwrap
 import time
 
 import pytest
@@ -29,6 +26,7 @@ from dagster_dev import (
     VENV_BIN,
     cli_env,
     code_location_assets,
+    instance_runs,
     kill_processes_with_env,
     latest_materializations,
     run_command,
@@ -164,26 +162,6 @@ def test_dg_list_defs_lists_every_asset_job_schedule_and_sensor(tmp_path):
 
 
 # -- dagster job launch / execute --------------------------------------------------------------------------------------
-RUNS_SCRIPT = textwrap.dedent(
-    """
-    import json
-    import dagster as dg
-
-    runs = dg.DagsterInstance.get().get_runs()
-    print("RESULT-JSON " + json.dumps([
-        {"run_id": run.run_id, "job": run.job_name, "status": run.status.value, "tags": dict(run.tags)} for run in runs
-    ]))
-    """
-)
-
-
-def instance_runs(env) -> list[dict]:
-    result = run_command([sys.executable, "-c", RUNS_SCRIPT], env, 120)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT-JSON ")]
-    assert lines, tail(result.stdout)
-    return json.loads(lines[-1].removeprefix("RESULT-JSON "))
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(CHAIN_TEST_TIMEOUT_S)
 def test_job_launch_queues_a_run_that_the_daemon_starts(tiny_chain, tmp_path):

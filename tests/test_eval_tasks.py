@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import sys
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+from helpers import program_command, program_env
 
 from doge_dagster.data.generated import is_held_out
 from doge_dagster.evaluation import compat
@@ -40,13 +40,12 @@ def test_compat_fix_is_still_needed(fix):
 
 
 def test_lighteval_registry_imports_offline_only_with_the_fixes(tmp_path):
-    script = "import sys; from doge_dagster.evaluation import compat; {apply}import lighteval.tasks.registry; print('imported')"
-    env = {**os.environ, **OFFLINE}
-    fixed = subprocess.run([sys.executable, "-c", script.format(apply="print(compat.apply()); ")], cwd=PROJECT_ROOT, env=env,
+    env = program_env({**os.environ, **OFFLINE})
+    fixed = subprocess.run(program_command("lighteval_import", "--apply"), cwd=PROJECT_ROOT, env=env,
                            capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
     assert fixed.returncode == 0 and "imported" in fixed.stdout, fixed.stderr[-3000:]
     assert "hub_list_models_model_name" in fixed.stdout
-    bare = subprocess.run([sys.executable, "-c", script.format(apply="")], cwd=PROJECT_ROOT, env=env,
+    bare = subprocess.run(program_command("lighteval_import"), cwd=PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
     assert bare.returncode != 0, "lighteval's registry imports without the fixes now: remove them from compat.py"
     assert "model_name" in bare.stderr or "ConnectionError" in bare.stderr or "NameResolution" in bare.stderr

@@ -24,10 +24,11 @@ from helpers import (
 
 from doge_dagster.evaluation import report as reports
 from doge_dagster.evaluation.report import TaskScore
-from doge_dagster.plan import EVALUATION_ASSETS, NODES, plan_versions
+from doge_dagster.launching.command import accelerate_command
+from doge_dagster.launching.spec import LaunchSpec
+from doge_dagster.plan import NODES, plan_versions
 from doge_dagster.recipes import LaunchRecipe, load_recipe
-from doge_dagster.training.launch import accelerate_command
-from doge_dagster.training.spec import StageSpec
+from doge_dagster.stages import CHAIN
 
 EVAL_ASSETS = ("base_eval", "instruct_eval", "reason_eval")
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -81,7 +82,8 @@ def test_comparison_matches_suite_task_and_fewshot():
 
 def gates(current, previous=None, tolerance=0.02, rate=None, min_rate=None, check_format=False):
     comparison = reports.compare(current, [s.to_dict() for s in previous]) if previous is not None else None
-    return reports.gate_checks(current, comparison, tolerance, "base_eval", rate, min_rate, check_format)
+    names = ("scores_valid", *(("no_regression",) if previous is not None else ()), *(("format_rate",) if check_format else ()))
+    return reports.gate_checks(names, current, comparison, tolerance, "base_eval", rate, min_rate)
 
 
 def test_scores_valid_gate():
@@ -132,7 +134,7 @@ def test_published_scores_side_by_side():
 def test_summary_markdown_has_every_section():
     current = [score("custom|arithmetic_gen|0|0", 0.1)]
     comparison = reports.compare(current, [score("custom|arithmetic_gen|0|0", 0.3).to_dict()])
-    checks = reports.gate_checks(current, comparison, 0.02, "instruct_eval", 0.6, 0.5, True)
+    checks = reports.gate_checks(CHAIN.report("reason").checks, current, comparison, 0.02, "instruct_eval", 0.6, 0.5)
     text = reports.summary_markdown(
         "reason_eval (tiny)", ["Model: x"], current, comparison, "instruct_eval", [], checks, 0.6
     )
@@ -156,10 +158,9 @@ def test_evaluation_nodes_and_versions():
 
 
 def test_spec_and_command_name_the_evaluation_entrypoint(tmp_path):
-    spec = StageSpec("instruct", "tiny", "v1", {"doge_instruct": "m"}, {}, "/store", str(tmp_path), asset_name="instruct_eval",
-                     module="doge_dagster.evaluation")  # fmt: skip
-    assert StageSpec.read(spec.write(tmp_path / "spec.json")) == spec and spec.asset == "instruct_eval"
-    assert StageSpec("sft", "tiny", "v", {}, {}, "/s", "/w").asset == "doge_instruct_sft"
+    spec = LaunchSpec("instruct", "instruct_eval", "tiny", "v1", {"doge_instruct": "m"}, {}, "/store", str(tmp_path),
+                      module="doge_dagster.evaluation")  # fmt: skip
+    assert LaunchSpec.read(spec.write(tmp_path / "spec.json")) == spec and spec.asset == "instruct_eval"
     command = accelerate_command("instruct", "spec.json", LaunchRecipe(accelerate_config="cpu"), module=spec.module)
     assert command[-5:] == ["-m", "doge_dagster.evaluation", "instruct", "--spec", "spec.json"]
     assert accelerate_command("sft", "s.json", LaunchRecipe(accelerate_config="cpu"))[-5:-3] == [
@@ -175,7 +176,8 @@ def test_definitions_hold_gated_evaluation_assets():
 
     expected = {"base": {"scores_valid"}, "instruct": {"scores_valid", "no_regression"},
                 "reason": {"scores_valid", "no_regression", "format_rate"}}  # fmt: skip
-    for stage, name in EVALUATION_ASSETS.items():
+    for report in CHAIN.reports:
+        stage, name = report.name, report.asset
         key = dg.AssetKey(name)
         assets_def = defs.get_assets_def(key)
         assert {dep.to_user_string() for dep in assets_def.asset_deps[key]} == set(NODES[name].upstream)
@@ -190,17 +192,17 @@ def test_definitions_hold_gated_evaluation_assets():
 # -- the runner: settings, fingerprint, model view ---------------------------------------------------------------
 def test_settings_follow_the_recipe():
     from doge_dagster.data.mixing import DEFAULT_IDENTITY_PROMPT, DEFAULT_THINKING_PROMPT
-    from doge_dagster.evaluation.runner import previous_evaluation, settings_for
+    from doge_dagster.evaluation.runner import settings_for
 
     recipe = load_recipe("tiny")
-    base, instruct, reason = (settings_for(stage, recipe) for stage in ("base", "instruct", "reason"))
+    base, instruct, reason = (settings_for(CHAIN.report(name), recipe) for name in ("base", "instruct", "reason"))
     assert base.system_prompt is None and not base.use_chat_template and base.max_samples == 50
     assert instruct.system_prompt == DEFAULT_IDENTITY_PROMPT and instruct.use_chat_template
     assert reason.system_prompt == DEFAULT_THINKING_PROMPT and reason.tasks == (
         "custom|arithmetic_gen|0|0",
         "custom|arithmetic_think|0|0",
     )
-    assert [previous_evaluation(name) for name in EVAL_ASSETS] == [None, "base_eval", "instruct_eval"]
+    assert [report.compares_with for report in CHAIN.reports] == [None, "base", "instruct"]
 
 
 def tiny_model(folder: Path, seed: int) -> Path:

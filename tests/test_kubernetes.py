@@ -10,8 +10,6 @@ the container command's Pipes part as a local process and serves its stderr as t
 import json
 import os
 import subprocess
-import sys
-import textwrap
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,14 +17,15 @@ from typing import ClassVar
 
 import dagster as dg
 import pytest
+from helpers import program_command, program_env
 
 pytest.importorskip("dagster_k8s")
 import kubernetes
 from dagster_k8s.pipes import build_pod_body
+from doge_dagster.launching.command import LaunchError
+from doge_dagster.launching.spec import SPEC_ENV_VAR, LaunchSpec
 
 from doge_dagster.recipes import PROJECT_ROOT, LaunchRecipe
-from doge_dagster.training.launch import LaunchError
-from doge_dagster.training.spec import SPEC_ENV_VAR, StageSpec
 from resources import kubernetes as k8s
 from resources.compute import ComputeResource, KubernetesSettings, SecretKeyRef, Toleration
 
@@ -47,9 +46,9 @@ SECRET_ENV = {
 
 def make_spec(
     work_dir: str = "/scratch/doge_base/tiny/v1", store_root: str = "s3://doge/artifacts", stage: str = "pretrain"
-) -> StageSpec:
-    return StageSpec(
-        stage=stage, partition="tiny", version="0123456789abcdef", upstream={"tokenizer": "aa", "pretrain_mixture": "bb"},
+) -> LaunchSpec:
+    return LaunchSpec(
+        stage=stage, asset="doge_base", partition="tiny", version="0123456789abcdef", upstream={"tokenizer": "aa", "pretrain_mixture": "bb"},
         recipe={"name": "tiny"}, store_root=store_root, work_dir=work_dir,
     )  # fmt: skip
 
@@ -106,7 +105,7 @@ def test_pod_spec_is_a_valid_gpu_pod_with_the_launch_command():
     ]  # fmt: skip
     assert container.working_dir == "/app"
     env = {entry.name: entry for entry in container.env}
-    assert StageSpec(**json.loads(env[SPEC_ENV_VAR].value)) == spec
+    assert LaunchSpec(**json.loads(env[SPEC_ENV_VAR].value)) == spec
     assert container.resources.limits == {"nvidia.com/gpu": "8", "memory": "512Gi"}
     assert container.resources.requests == {"cpu": "32", "memory": "512Gi"}
     mounts = {mount.mount_path: mount.name for mount in container.volume_mounts}
@@ -249,21 +248,8 @@ def test_indexed_job_manifests_for_a_multi_node_stage():
 
 
 # -- the PipesK8sClient flow against a fake cluster --------------------------------------------------------------
-POD_SCRIPT = textwrap.dedent(
-    """
-    import os
-    from dagster_pipes import open_dagster_pipes
-    from doge_dagster.training.spec import StageSpec
-    spec = StageSpec.read("env:DOGE_SPEC_JSON")
-    with open_dagster_pipes() as pipes:
-        pipes.log.info(f"pod: {spec.asset}[{spec.partition}] {spec.version} rank {os.environ.get('DOGE_MACHINE_RANK', '-')}")
-        pipes.log.info("pod: secret from the cluster matches: " + str(os.environ["AWS_SECRET_ACCESS_KEY"] == "from-the-k8s-secret"))
-    """
-)
-
-
 class FakeCluster:
-    """Enough of the Kubernetes API for PipesK8sClient and the indexed-Job path; pods run POD_SCRIPT locally."""
+    """Enough of the Kubernetes API for PipesK8sClient and the indexed-Job path; pods run `programs.k8s_pod` locally."""
 
     SECRETS: ClassVar[dict] = {
         ("doge-s3", "access_key_id"): "AKIA-FROM-K8S",
@@ -291,7 +277,12 @@ class FakeCluster:
             elif entry.value_from.field_ref is not None:
                 env[entry.name] = annotations[k8s.COMPLETION_INDEX_ANNOTATION]
         completed = subprocess.run(
-            [sys.executable, "-c", POD_SCRIPT], check=False, cwd=PROJECT_ROOT, env=env, capture_output=True, timeout=120
+            program_command("k8s_pod"),
+            check=False,
+            cwd=PROJECT_ROOT,
+            env=program_env(env),
+            capture_output=True,
+            timeout=120,
         )
         assert completed.returncode == 0, completed.stderr.decode()
         self.logs[name] = [
@@ -351,9 +342,7 @@ class FakeCluster:
     def wait_for_pod(self, pod_name, namespace, wait_for_state=None, **kwargs):
         self.waits.append((str(wait_for_state), kwargs))
         if self.interrupt and "TERMINATED" in str(wait_for_state).upper():
-            from dagster._core.errors import DagsterExecutionInterruptedError
-
-            raise DagsterExecutionInterruptedError("run terminated")
+            raise dg.DagsterExecutionInterruptedError("run terminated")
 
 
 @pytest.fixture
@@ -450,11 +439,11 @@ def test_the_pipes_client_settings():
 
 
 def test_evaluation_launches_run_their_own_entrypoint():
-    spec = StageSpec(
+    spec = LaunchSpec(
         **{
             **json.loads(make_spec().to_json()),
             "stage": "base",
-            "asset_name": "base_eval",
+            "asset": "base_eval",
             "module": "doge_dagster.evaluation",
         }
     )

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from helpers import PROJECT_ROOT, tiny_recipe
 
+from doge_dagster.launching.command import LaunchError, accelerate_command, accelerate_config_path
+from doge_dagster.launching.spec import LaunchSpec
 from doge_dagster.recipes import ACCELERATE_CONFIGS_DIR, LaunchRecipe
-from doge_dagster.training.launch import LaunchError, accelerate_command, accelerate_config_path, validate_stage
 from doge_dagster.training.runner import last_complete_checkpoint
-from doge_dagster.training.spec import StageSpec
+from doge_dagster.training.validation import validate_stage
 
 STAGES = ("pretrain", "sft", "dpo", "distill", "grpo")
 KNOWN_CONFIGS = sorted(path.stem for path in ACCELERATE_CONFIGS_DIR.glob("*.yaml"))
@@ -231,10 +232,13 @@ def test_last_complete_checkpoint_none_when_nothing_usable(tmp_path):
     assert last_complete_checkpoint(tmp_path) is None
 
 
-# -- StageSpec --------------------------------------------------------------------------------------------------
-def make_spec(stage: str, tmp_path: Path) -> StageSpec:
-    return StageSpec(
+# -- LaunchSpec -------------------------------------------------------------------------------------------------
+def make_spec(stage: str, tmp_path: Path) -> LaunchSpec:
+    from doge_dagster.stages import CHAIN
+
+    return LaunchSpec(
         stage=stage,
+        asset=CHAIN.stage(stage).asset,
         partition="tiny",
         version="0123456789abcdef",
         upstream={"tokenizer": "t" * 16, "doge_base": "b" * 16},
@@ -249,17 +253,17 @@ def test_stage_spec_write_read_roundtrip(tmp_path):
     spec = make_spec("sft", tmp_path)
     path = spec.write(tmp_path / "spec.json")
     assert path == tmp_path / "spec.json"
-    assert StageSpec.read(path) == spec
-    assert StageSpec.read(str(path)) == spec
+    assert LaunchSpec.read(path) == spec
+    assert LaunchSpec.read(str(path)) == spec
     raw = json.loads(path.read_text())
     assert raw["recipe"]["stages"]["sft"]["training"]["max_steps"] == tiny_recipe().stages.sft.training["max_steps"]
     assert "secret" not in path.read_text().lower()
 
 
 def test_stage_spec_default_env_roundtrips(tmp_path):
-    spec = StageSpec("pretrain", "tiny", "v", {}, {}, "/store", str(tmp_path))
+    spec = LaunchSpec("pretrain", "doge_base", "tiny", "v", {}, {}, "/store", str(tmp_path))
     assert spec.env == {}
-    assert StageSpec.read(spec.write(tmp_path / "spec.json")) == spec
+    assert LaunchSpec.read(spec.write(tmp_path / "spec.json")) == spec
 
 
 @pytest.mark.parametrize(
@@ -272,20 +276,26 @@ def test_stage_spec_default_env_roundtrips(tmp_path):
         ("grpo", "doge_reason", "doge_reason_distill", "grpo_mixture"),
     ],
 )
-def test_stage_spec_names_its_asset_parent_and_mixture(stage, asset, parent, mixture, tmp_path):
-    spec = make_spec(stage, tmp_path)
-    assert (spec.asset, spec.parent_model, spec.mixture) == (asset, parent, mixture)
+def test_each_stage_names_its_asset_parent_model_and_mixture(stage, asset, parent, mixture, tmp_path):
+    from doge_dagster.artifacts import ArtifactStore
+    from doge_dagster.training.contract import StageContext
+    from doge_dagster.training.runner import parent_asset
+
+    recipe = tiny_recipe()
+    record = recipe.chain.stage(stage)
+    ctx = StageContext(make_spec(stage, tmp_path), recipe, ArtifactStore(str(tmp_path / "store")), None, record)
+    assert (record.asset, parent_asset(ctx), recipe.chain.mixture(record.mixture).asset) == (asset, parent, mixture)
 
 
 def test_stage_spec_reads_from_an_environment_variable(tmp_path, monkeypatch):
-    from doge_dagster.training.spec import SPEC_ENV_PREFIX, SPEC_ENV_VAR
+    from doge_dagster.launching.spec import SPEC_ENV_PREFIX, SPEC_ENV_VAR
 
     spec = make_spec("grpo", tmp_path)
     monkeypatch.setenv(SPEC_ENV_VAR, spec.to_json())
-    assert StageSpec.read(f"{SPEC_ENV_PREFIX}{SPEC_ENV_VAR}") == spec
+    assert LaunchSpec.read(f"{SPEC_ENV_PREFIX}{SPEC_ENV_VAR}") == spec
     monkeypatch.delenv(SPEC_ENV_VAR)
     with pytest.raises(FileNotFoundError, match=SPEC_ENV_VAR):
-        StageSpec.read(f"{SPEC_ENV_PREFIX}{SPEC_ENV_VAR}")
+        LaunchSpec.read(f"{SPEC_ENV_PREFIX}{SPEC_ENV_VAR}")
 
 
 # -- the shipped accelerate configs, read by accelerate's own loader ---------------------------------------------
@@ -333,17 +343,16 @@ def test_accelerates_loader_rejects_an_unknown_key(tmp_path):
 # -- the trainer config every stage starts from --------------------------------------------------------------------
 def stage_args(stage: str, tmp_path: Path, edits: dict | None = None):
     """The trainer config `runner.build_args` makes for `stage` of the (edited) tiny recipe."""
-    import importlib
-
     from doge_dagster.artifacts import ArtifactStore
-    from doge_dagster.training.runner import STAGE_MODULES, StageContext, build_args
+    from doge_dagster.training.contract import StageContext
+    from doge_dagster.training.runner import build_args
 
     recipe = tiny_recipe(edits)
     spec = make_spec(stage, tmp_path)
-    spec = StageSpec(**{**spec.__dict__, "recipe": recipe.model_dump(mode="json")})
-    ctx = StageContext(spec, recipe, ArtifactStore(str(tmp_path / "store")), reporter=None)
-    module = importlib.import_module(f"doge_dagster.training.{STAGE_MODULES[stage]}")
-    return build_args(ctx, module, stage, tmp_path / "checkpoints")
+    spec = LaunchSpec(**{**spec.__dict__, "recipe": recipe.model_dump(mode="json")})
+    record = recipe.chain.stage(stage)
+    ctx = StageContext(spec, recipe, ArtifactStore(str(tmp_path / "store")), None, record)
+    return build_args(ctx, record.trainer_class()(), tmp_path / "checkpoints")
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "sft", "dpo", "distill", "grpo"])

@@ -1,7 +1,8 @@
 """A launch tied to its parent dies when the parent is killed with SIGKILL (Linux's PR_SET_PDEATHSIG).
 
-The parent is a real Python process that starts `sleep` in a session of its own, the way the local backend
-starts `accelerate launch`; the control case shows that without the tie the child outlives its parent.
+The parent is a real Python process (`programs/sleep_parent.py`) that starts `sleep` in a session of its own,
+the way the local backend starts `accelerate launch`; the control case shows that without the tie the child
+outlives its parent.
 """
 
 from __future__ import annotations
@@ -10,31 +11,19 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 
 import pytest
-from helpers import processes_mentioning, wait_for
+from helpers import processes_mentioning, program_command, program_env, wait_for
 
 from doge_dagster.lifetime import tied_to_this_process
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
 
-PARENT = textwrap.dedent(
-    """
-    import subprocess, sys, time
-    from doge_dagster.lifetime import tied_to_this_process
-    command = ["sleep", sys.argv[2]]
-    if sys.argv[1] == "tied":
-        command = tied_to_this_process(command)
-    child = subprocess.Popen(command, start_new_session=True)
-    print(child.pid, flush=True)
-    time.sleep(600)
-    """
-)
-
 
 def start_parent_of_a_sleep(mode: str, marker: str) -> tuple[subprocess.Popen, int]:
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, mode, marker], stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        program_command("sleep_parent", mode, marker), env=program_env(), stdout=subprocess.PIPE, text=True
+    )
     child_pid = int(parent.stdout.readline())
     wait_for(lambda: child_pid in processes_mentioning(f"sleep {marker}"), 30, "the child to exec `sleep`")
     return parent, child_pid

@@ -25,10 +25,10 @@ def test_production_dagster_yaml_loads(tmp_path, monkeypatch):
 
 def test_gpu_stages_share_the_gpu_pool():
     from doge_dagster.definitions import defs
-    from doge_dagster.plan import EVALUATION_ASSETS, TRAINING_ASSETS
+    from doge_dagster.stages import CHAIN
 
     graph = defs.resolve_asset_graph()
-    gpu_assets = {*TRAINING_ASSETS.values(), *EVALUATION_ASSETS.values()}
+    gpu_assets = {record.asset for record in (*CHAIN.stages, *CHAIN.reports)}
     pools = {key.to_user_string(): graph.get(key).pools for key in graph.get_all_asset_keys()}
     assert all(pools[asset] == {"gpu"} for asset in gpu_assets), {asset: pools[asset] for asset in gpu_assets}
     assert not any(pools[asset] for asset in set(pools) - gpu_assets), "data assets need no GPU slot"
@@ -36,11 +36,11 @@ def test_gpu_stages_share_the_gpu_pool():
 
 def test_the_critical_path_goes_first_when_steps_queue():
     from doge_dagster.definitions import defs
-    from doge_dagster.plan import TRAINING_ASSETS
+    from doge_dagster.stages import CHAIN
 
     assets = {spec.key.to_user_string(): node for node in defs.assets for spec in getattr(node, "specs", ())}
     first = {name for name, node in assets.items() if int(node.op.tags.get("dagster/priority", 0)) > 0}
-    assert first == {"pretrain_mixture", *TRAINING_ASSETS.values()}, first
+    assert first == {"pretrain_mixture", *(stage.asset for stage in CHAIN.stages)}, first
 
 
 def test_recipe_launch_snippet_validates():
@@ -51,3 +51,11 @@ def test_recipe_launch_snippet_validates():
     snippet = yaml.safe_load(yaml_block_after("## Compute: local, Slurm, Kubernetes"))
     launch = LaunchRecipe.model_validate(snippet["stages"]["pretrain"]["launch"])
     assert launch.processes == 16
+
+
+def test_the_stage_table_lists_the_chains_stages_in_order():
+    from doge_dagster.stages import CHAIN
+
+    table = README.read_text().split("## Training stages", 1)[1].split("\n\n", 2)[1]
+    assets = [line.split("|")[1].strip().strip("`") for line in table.splitlines()[2:]]
+    assert assets == [stage.asset for stage in CHAIN.stages]

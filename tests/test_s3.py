@@ -20,8 +20,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -33,6 +31,9 @@ from helpers import (
     MODEL_ASSETS,
     PROJECT_ROOT,
     dagster_env,
+    program_command,
+    program_env,
+    run_program,
     tail,
     wait_for,
     write_tiny_recipe,
@@ -120,22 +121,14 @@ def test_process_env_lets_a_bare_artifact_store_reach_s3(s3_server, tmp_path):
     (staged / "a.txt").write_text("from the parent")
     published = resource.get_store().publish("thing", "tiny", "v1", staged)
 
-    script = textwrap.dedent(
-        """
-        import sys
-        from doge_dagster.artifacts import ArtifactStore
-        store = ArtifactStore(sys.argv[1])
-        manifest = store.require("thing", "tiny", "v1")
-        print(store.local_path(manifest).joinpath("a.txt").read_text())
-        """
-    )
     clean = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "FSSPEC_"))}
-    completed = subprocess.run(
-        [sys.executable, "-c", script, f"s3://{BUCKET}/env"], check=False, cwd=PROJECT_ROOT, capture_output=True, text=True,
-        env={**clean, **env, "TMPDIR": str(tmp_path)}, timeout=120,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.strip() == "from the parent"
+    read = run_program(
+        "store_read",
+        [f"s3://{BUCKET}/env", "thing", "tiny", "v1", "a.txt"],
+        {**clean, **env, "TMPDIR": str(tmp_path)},
+        120,
+    )
+    assert read.result == "from the parent"
     assert published.files[0].path == "a.txt"
 
 
@@ -240,18 +233,6 @@ def assert_republish_completes(
     assert store.latest("model", "tiny") == manifest
 
 
-PUBLISH_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    from pathlib import Path
-    from doge_dagster.artifacts import ArtifactStore
-    root, staged, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-    ArtifactStore(root, options).publish("model", "tiny", "v1", Path(staged))
-    print("PUBLISHED")
-    """
-)
-
-
 def test_publisher_killed_mid_upload_leaves_no_manifest_and_a_rerun_completes(s3_server, tmp_path, request):
     url, client = s3_server
     root = f"s3://{BUCKET}/{request.node.name}"
@@ -260,9 +241,9 @@ def test_publisher_killed_mid_upload_leaves_no_manifest_and_a_rerun_completes(s3
     proxy = ThrottlingProxy(int(url.rsplit(":", 1)[1]), budget=4 * FILE_SIZE)
     options = store_options(proxy.url)
     publisher = subprocess.Popen(
-        [sys.executable, "-c", PUBLISH_SCRIPT, root, str(tmp_path / "staged"), json.dumps(options)],
+        program_command("publish", root, str(tmp_path / "staged"), json.dumps(options)),
         cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
+        env=program_env({**os.environ, "TMPDIR": str(tmp_path)}),
     )  # fmt: skip
     try:
         wait_for(lambda: proxy.saturated.is_set() and bucket_objects(client, prefix), 120, "the first uploaded files")
@@ -330,41 +311,6 @@ def test_connection_dropped_mid_upload_fails_the_publish_without_a_manifest(s3_s
 # -- the tiny chain with the store on S3 --------------------------------------------------------------------------
 # The whole tiny graph of the shipped recipe, as the README's quick start materializes it.
 CHAIN_ASSETS = [*DATA_ASSETS, *MODEL_ASSETS, "base_eval", "instruct_eval", "reason_eval"]
-CHAIN_SCRIPT = textwrap.dedent(
-    """
-    import json, os, sys
-    import dagster as dg
-    from doge_dagster.definitions import defs
-    from resources.artifact_store import ArtifactStoreResource
-    from resources.compute import ComputeResource
-
-    artifact_store = ArtifactStoreResource(
-        root=os.environ["TEST_S3_ROOT"],
-        endpoint_url=os.environ["TEST_S3_ENDPOINT"],
-        region=os.environ["TEST_S3_REGION"],
-        access_key_id=dg.EnvVar("DOGE_TEST_S3_ACCESS_KEY_ID"),
-        secret_access_key=dg.EnvVar("DOGE_TEST_S3_SECRET_ACCESS_KEY"),
-    )
-    compute = ComputeResource(scratch_dir=os.environ["TEST_SCRATCH"])
-    result = dg.materialize(
-        list(defs.assets), selection=json.loads(sys.argv[1]), partition_key="tiny",
-        resources={"artifact_store": artifact_store, "compute": compute},
-        instance=dg.DagsterInstance.get(), raise_on_error=False,
-    )
-    failures = [event.step_failure_data.error.to_string() for event in result.all_events if event.is_step_failure]
-    checks = {
-        f"{event.asset_check_evaluation_data.asset_key.to_user_string()}:{event.asset_check_evaluation_data.check_name}":
-        event.asset_check_evaluation_data.passed
-        for event in result.all_events if event.event_type_value == "ASSET_CHECK_EVALUATION"
-    }
-    metadata = {
-        event.asset_key.to_user_string(): {key: str(value.value) for key, value in event.materialization.metadata.items()}
-        for event in result.get_asset_materialization_events()
-    }
-    print("RESULT-JSON " + json.dumps({"success": result.success, "run_id": result.run_id, "failures": failures,
-                                       "checks": checks, "metadata": metadata}))
-    """
-)
 
 
 @pytest.fixture(scope="module")
@@ -386,16 +332,8 @@ def s3_chain(s3_server, tmp_path_factory):
             env.pop(key)
     (base / "tmp").mkdir()
     started = time.monotonic()
-    completed = subprocess.run(
-        [sys.executable, "-c", CHAIN_SCRIPT, json.dumps(CHAIN_ASSETS)], check=False, cwd=PROJECT_ROOT, env=env,
-        capture_output=True, text=True, timeout=1500, start_new_session=True,
-    )  # fmt: skip
-    (base / "chain.log").write_text(completed.stdout + "\n--- stderr ---\n" + completed.stderr)
-    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT-JSON ")]
-    assert lines, (
-        f"the chain printed no result (rc {completed.returncode}):\n{tail(completed.stdout)}\n{tail(completed.stderr)}"
-    )
-    result = json.loads(lines[-1].removeprefix("RESULT-JSON "))
+    completed = run_program("s3_chain", [json.dumps(CHAIN_ASSETS)], env, 1500, check=False, log_path=base / "chain.log")
+    result = completed.result
     result["seconds"] = time.monotonic() - started
     return {
         "base": base,
@@ -403,7 +341,7 @@ def s3_chain(s3_server, tmp_path_factory):
         "url": url,
         "client": client,
         "result": result,
-        "log": completed.stdout + completed.stderr,
+        "log": completed.output,
     }
 
 

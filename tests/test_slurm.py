@@ -11,7 +11,6 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +18,7 @@ from types import SimpleNamespace
 import dagster as dg
 import pytest
 import yaml
+from helpers import program_command, program_env
 from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
 from doge_dagster.recipes import PROJECT_ROOT, LaunchRecipe
@@ -26,31 +26,6 @@ from resources.compute import SlurmSettings
 from resources.slurm import LogTail, SlurmError, SlurmJob, jobcomp_status, render_script, submit, wait_for_job
 
 INJECTION = "x; touch {marker}; $(touch {marker}) `touch {marker}` '\"; touch {marker}"
-
-# Materialize a selection for partition `tiny`; writes success, log messages and failures as JSON.
-DRIVER = """
-import json, sys
-import dagster as dg
-from assets.data import DATA_ASSETS
-from assets.training import TRAINING_ASSET_DEFS
-from resources.artifact_store import ArtifactStoreResource
-from resources.compute import ComputeResource, SlurmSettings
-
-args = json.loads(sys.argv[1])
-slurm = SlurmSettings(shared_dir=args["shared_dir"], poll_interval_s=0.5)
-compute = ComputeResource(backend=args["backend"], slurm=slurm, env=args.get("env", {}))
-instance = dg.DagsterInstance.ephemeral()
-result = dg.materialize(
-    [*DATA_ASSETS, *TRAINING_ASSET_DEFS], partition_key="tiny", selection=args["selection"], instance=instance,
-    resources={"artifact_store": ArtifactStoreResource(root=args["store"]), "compute": compute}, raise_on_error=False,
-)
-failures = []
-for event in result.get_step_failure_events():
-    data = event.step_failure_data
-    failures.append((data.user_failure_data.description if data.user_failure_data else "") + "\\n" + data.error.to_string())
-logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
-json.dump({"success": result.success, "logs": logs, "failures": failures}, open(args["out"], "w"))
-"""
 
 
 def tiny_recipes(folder: Path, training: dict | None = None, launch: dict | None = None) -> Path:
@@ -68,11 +43,14 @@ def tiny_recipes(folder: Path, training: dict | None = None, launch: dict | None
 
 
 def start_driver(recipes: Path, store: Path, shared: Path, out: Path, selection: list[str], backend="slurm", env=None):
-    """Start the materialization subprocess (`env`: the compute resource's extra environment)."""
+    """Start `programs/slurm_materialize.py`, which writes its report to `out` (`env`: the compute resource's extra
+    environment)."""
     args = {"store": str(store), "shared_dir": str(shared), "out": str(out), "selection": selection}
     args.update(backend=backend, env=env or {})
     env = {**os.environ, "DOGE_RECIPES_DIR": str(recipes)}
-    return subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(args)], cwd=PROJECT_ROOT, env=env)
+    return subprocess.Popen(
+        program_command("slurm_materialize", json.dumps(args)), cwd=PROJECT_ROOT, env=program_env(env)
+    )
 
 
 def run_driver(*args, timeout: float = 600, **kwargs) -> dict:

@@ -2,8 +2,8 @@
 
 On the session's tiny chain: one field of the tiny distillation section changes (an edited copy of the recipes under
 DOGE_RECIPES_DIR; recipes are read when the code location is imported, hence subprocesses). Then
-(a) Dagster's stale status, through the instance + asset graph API and through the GraphQL API the UI
-    uses (`assetNodes { staleStatus staleCauses }` of a `dagster dev` started on the edited recipe), is
+(a) Dagster's stale status, through the GraphQL API the UI uses (`assetNodes { staleStatus staleCauses }`),
+    both run in process by the `dagster-graphql` CLI and served by a `dagster dev` started on the edited recipe, is
     STALE with a code-version cause for exactly doge_reason_distill and everything downstream (code versions
     hash the recipe sections of a stage's whole lineage), FRESH for the rest; `doge-dagster versions`
     lists the same assets as `missing`;
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-import textwrap
 import time
 
 import pytest
@@ -28,6 +26,7 @@ from dagster_dev import (
     CHAIN_TIMEOUT_S,
     DOGE_DAGSTER,
     cli_env,
+    cli_stale_status,
     code_location_assets,
     latest_materializations,
     run_command,
@@ -39,6 +38,7 @@ from helpers import (
     cli_materialize_command,
     planned_version,
     published_versions,
+    run_program,
     tail,
     tiny_raw,
 )
@@ -52,38 +52,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(CHAIN_TEST_TIMEOUT_S)]
 EDIT = {"stages.distill.training.logging_steps": 5}
 EDITED_ASSET = "doge_reason_distill"
 
-STALE_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    import dagster as dg
-    from dagster._core.definitions.data_version import CachingStaleStatusResolver
-    from dagster._core.loader import LoadingContextForTest
-    from doge_dagster.definitions import defs
-
-    instance = dg.DagsterInstance.get()
-    graph = defs.get_repository_def().asset_graph
-    resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
-    out = {}
-    for key in sorted(graph.materializable_asset_keys, key=lambda key: key.to_user_string()):
-        out[key.to_user_string()] = {
-            "status": resolver.get_status(key, sys.argv[1]).value,
-            "causes": [
-                {"key": cause.asset_key.to_user_string(), "category": cause.category.value, "reason": cause.reason,
-                 "dependency": cause.dependency.asset_key.to_user_string() if cause.dependency else None}
-                for cause in resolver.get_stale_causes(key, sys.argv[1])
-            ],
-        }
-    print("RESULT-JSON " + json.dumps(out))
-    """
-)
-
 
 def stale_status(env) -> dict[str, dict]:
-    """asset -> {status, causes} for tiny, from the instance and the asset graph of env's code location."""
-    result = run_command([sys.executable, "-c", STALE_SCRIPT, "tiny"], env, 300)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT-JSON ")]
-    assert result.returncode == 0 and lines, f"stale status failed (rc {result.returncode}):\n{tail(result.stdout)}"
-    return json.loads(lines[-1].removeprefix("RESULT-JSON "))
+    """asset -> {status, causes} for tiny of every materializable asset, from env's code location and instance.
+
+    Read through the GraphQL API the UI uses (`assetNodes { staleStatus staleCauses }`), run in process by the
+    `dagster-graphql` CLI: Dagster has no public Python API for stale status.
+    """
+    return {
+        asset: {"status": info["status"], "causes": info["causes"]}
+        for asset, info in cli_stale_status(env, "tiny").items()
+        if info["materializable"]
+    }
 
 
 def descendants(asset: str) -> set[str]:
@@ -113,7 +93,10 @@ def edited(tiny_chain, tmp_path_factory):
     for path in (PROJECT_ROOT / "recipes").glob("*.yaml"):  # every partition: code versions hash all of them
         shutil.copy(path, recipes / path.name)
     raw = tiny_raw(EDIT)
-    assert raw["stages"]["distill"]["training"]["logging_steps"] != tiny_raw()["stages"]["distill"]["training"]["logging_steps"]
+    assert (
+        raw["stages"]["distill"]["training"]["logging_steps"]
+        != tiny_raw()["stages"]["distill"]["training"]["logging_steps"]
+    )
     (recipes / "tiny.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     home = tiny_chain.copy_home(base / "dagster_home")
     store = tiny_chain.copy_store(base / "artifacts")  # re-running the edited pipeline publishes new versions
@@ -201,39 +184,19 @@ def test_rerunning_full_pipeline_recomputes_only_the_unsynced_stages(edited, tin
 
 
 # -- a data change ----------------------------------------------------------------------------------------------------
-SENSOR_TICK_SCRIPT = textwrap.dedent(
-    """
-    import dagster as dg
-    from doge_dagster.definitions import defs
-    from jobs.automation import source_data_sensor
-
-    instance = dg.DagsterInstance.get()
-    context = dg.build_sensor_context(instance=instance, repository_def=defs.get_repository_def())
-    result = source_data_sensor.evaluate_tick(context)
-    for event in result.asset_events:  # what the daemon does with a tick's asset events
-        instance.report_runless_asset_event(event)
-    print(f"RESULT-JSON {len(result.asset_events)}")
-    """
-)
-CHANGE_SCRIPT = textwrap.dedent(
-    """
-    import dagster as dg
-    dg.DagsterInstance.get().report_runless_asset_event(
-        dg.AssetObservation("source_smoltalk", partition="tiny", tags={"dagster/data_version": "new-smoltalk-rows"})
-    )
-    """
-)
-
-
 def data_causes(statuses: dict[str, dict], asset: str) -> list[str]:
-    """The dependencies whose new data version makes `asset` stale."""
-    return [cause["dependency"] for cause in statuses[asset]["causes"] if cause["category"] == "DATA"]
+    """The upstream assets whose new data version makes `asset` stale.
+
+    The causes are root causes (see `stale_status`): a source's new data version is a cause whose `key` is the
+    source; a cause naming a `dependency` (e.g. a new input) names that dependency.
+    """
+    return [cause["dependency"] or cause["key"] for cause in statuses[asset]["causes"] if cause["category"] == "DATA"]
 
 
 def test_a_source_data_change_flags_the_mixtures_built_on_it(tmp_path):
     env = cli_env(tmp_path / "home", tmp_path / "artifacts")
-    tick = run_command([sys.executable, "-c", SENSOR_TICK_SCRIPT], env, 300)
-    assert tick.returncode == 0 and "RESULT-JSON 8" in tick.stdout, tail(tick.stdout)  # tiny's eight sources
+    tick = run_program("source_events", ["tick"], env, 300)
+    assert tick.result == 8, tail(tick.output)  # tiny's eight sources
     built = run_command(
         cli_materialize_command("tokenizer,sft_mixture,pretrain_mixture"),
         env, 900, log_path=ARTIFACTS_DIR / "unsynced-data-change.log",
@@ -242,7 +205,7 @@ def test_a_source_data_change_flags_the_mixtures_built_on_it(tmp_path):
     before = stale_status(env)
     assert not data_causes(before, "sft_mixture") and not data_causes(before, "pretrain_mixture"), before
 
-    assert run_command([sys.executable, "-c", CHANGE_SCRIPT], env, 120).returncode == 0  # smoltalk got new rows
+    run_program("source_events", ["observe", "source_smoltalk", "tiny", "new-smoltalk-rows"], env, 120)  # new rows
     after = stale_status(env)
     assert after["sft_mixture"]["status"] == "STALE" and "source_smoltalk" in data_causes(after, "sft_mixture"), after
     assert "source_smoltalk" not in data_causes(after, "pretrain_mixture"), "pretraining does not read smoltalk"

@@ -16,6 +16,7 @@ from doge_dagster.data.sources import open_source
 from doge_dagster.data.tokenizer import check_against_model, load_tokenizer, train_bpe, training_texts
 from doge_dagster.plan import node_sources
 from doge_dagster.recipes import Recipe
+from doge_dagster.stages import Mixture
 
 STATS_FILE = "mixture_stats.json"
 PREVIEW_ROWS = 5
@@ -60,19 +61,23 @@ def load_saved_tokenizer(folder: Path):
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def build_mixture(recipe: Recipe, stage: str, tokenizer_dir: Path, out_dir: Path) -> tuple[MixtureStats, list[dict]]:
-    """Mix the stage's sources, save a `DatasetDict` (train/test) and its stats; return stats and a preview."""
-    mixture = recipe.section(f"mixtures.{stage}")
+def build_mixture(recipe: Recipe, kind: Mixture, tokenizer_dir: Path, out_dir: Path) -> tuple[MixtureStats, list[dict]]:
+    """Mix the sources of mixture `kind`, save a `DatasetDict` (train/test) and its stats; return stats and a preview."""
+    mixture = recipe.section(f"mixtures.{kind.name}")
     tokenizer = load_saved_tokenizer(tokenizer_dir)
     entries = [
-        {"name": use.ref.dataset, "ratio": use.ref.ratio, "dataset": open_source(use.ref, mixture.seed, mixture.shuffle_buffer)}
-        for use in node_sources(recipe, f"{stage}_mixture")
+        {
+            "name": use.ref.dataset,
+            "ratio": use.ref.ratio,
+            "dataset": open_source(use.ref, mixture.seed, mixture.shuffle_buffer),
+        }
+        for use in node_sources(recipe, kind.asset)
     ]
     splits, stats = mix_datasets_by_ratio(
         entries,
         total_sample_size=mixture.total_size,
         processing_class=tokenizer,
-        kind=stage,
+        kind="pretrain" if kind.packed else kind.name,
         max_length=mixture.max_length,
         packing=mixture.packing,
         formatting_func=formatter_for(mixture.formatting, mixture.system_prompt),
@@ -81,18 +86,20 @@ def build_mixture(recipe: Recipe, stage: str, tokenizer_dir: Path, out_dir: Path
     )
     splits.save_to_disk(str(out_dir))
     (out_dir / STATS_FILE).write_text(json.dumps(stats.to_dict(), indent=2))
-    return stats, preview_rows(splits["train"], tokenizer, stage)
+    return stats, preview_rows(splits["train"], tokenizer, kind.packed)
 
 
-def preview_rows(dataset, tokenizer, stage: str, count: int = PREVIEW_ROWS) -> list[dict]:
+def preview_rows(dataset, tokenizer, packed: bool, count: int = PREVIEW_ROWS) -> list[dict]:
     """A few decoded rows for the UI: what the model will actually read."""
     rows = []
     for row in dataset.select(range(min(count, len(dataset)))):
-        if stage == "pretrain":
+        if packed:
             text = tokenizer.decode(row["input_ids"][:96])
             rows.append({"source": "packed", "text": text})
         elif "messages" in row:
-            rows.append({"source": row["source"], "text": tokenizer.apply_chat_template(row["messages"], tokenize=False)})
+            rows.append(
+                {"source": row["source"], "text": tokenizer.apply_chat_template(row["messages"], tokenize=False)}
+            )
         elif "chosen" in row:
             rows.append(
                 {
@@ -105,14 +112,16 @@ def preview_rows(dataset, tokenizer, stage: str, count: int = PREVIEW_ROWS) -> l
     return rows
 
 
-def check_mixture(folder: Path, stage: str, vocab_size: int, ratio_tolerance: float) -> dict[str, tuple[bool, str]]:
-    """The mixture's asset checks, computed from the saved artifact: name -> (passed, description)."""
+def check_mixture(folder: Path, kind: Mixture, vocab_size: int, ratio_tolerance: float) -> dict[str, tuple[bool, str]]:
+    """The mixture's asset checks (`kind.checks`), computed from the saved artifact: name -> (passed, description)."""
     from datasets import load_from_disk
 
     splits = load_from_disk(str(folder))
     stats = json.loads((folder / STATS_FILE).read_text())
     results: dict[str, tuple[bool, str]] = {}
-    error = max(abs(stats["realised_ratios"].get(name, 0.0) - ratio) for name, ratio in stats["requested_ratios"].items())
+    error = max(
+        abs(stats["realised_ratios"].get(name, 0.0) - ratio) for name, ratio in stats["requested_ratios"].items()
+    )
     results["ratios_within_tolerance"] = (
         error <= ratio_tolerance,
         f"largest ratio error {error:.4f} ({stats['unit']}) against tolerance {ratio_tolerance}",
@@ -122,22 +131,13 @@ def check_mixture(folder: Path, stage: str, vocab_size: int, ratio_tolerance: fl
         set(sizes) == {"train", "test"} and all(sizes.values()),
         f"split sizes {sizes}",
     )
-    expected = EXPECTED_COLUMNS[stage]
+    expected = kind.columns
     actual = {name: sorted(split.column_names) for name, split in splits.items()}
     results["schema"] = (
         all(columns == sorted(expected) for columns in actual.values()),
         f"columns {actual}, expected {sorted(expected)}",
     )
-    if stage == "pretrain":
+    if "token_ids_below_vocab" in kind.checks:
         top = max(max(max(ids) for ids in split["input_ids"]) for split in splits.values())
         results["token_ids_below_vocab"] = (top < vocab_size, f"largest token id {top}, vocab size {vocab_size}")
-    return results
-
-
-EXPECTED_COLUMNS = {
-    "pretrain": ["input_ids"],
-    "sft": ["messages", "source"],
-    "distill": ["messages", "source"],
-    "dpo": ["prompt", "chosen", "rejected", "source"],
-    "grpo": ["prompt", "answer", "solution", "source"],
-}
+    return {name: results[name] for name in kind.checks}

@@ -15,7 +15,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from doge_dagster.data.registry import DatasetSpec, dataset_spec
 from doge_dagster.recipes import SourceRef, content_version
@@ -170,9 +170,3 @@ def hub_revision(spec: DatasetSpec, revision: str | None) -> str:
             f"cannot resolve the Hub revision of {spec.hub_id} ({error}); pin `revision` to a commit sha, "
             "or use a local mirror with `path`"
         ) from error
-
-
-def describe_source(ref: SourceRef) -> dict[str, Any]:
-    """A small, JSON-able description of a source for metadata and lineage."""
-    spec = dataset_spec(ref.dataset)
-    return {"dataset": ref.dataset, "kind": ref.kind, "hub_id": spec.hub_id, "config": spec.config, "path": ref.path}

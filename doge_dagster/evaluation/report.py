@@ -18,6 +18,8 @@ PUBLISHED_BASE_SCORES: dict[str, dict[str, float]] = {
     "320M": {"mmlu": 35.6, "arc": 55.4, "piqa": 73.9, "hellaswag": 52.7, "winogrande": 59.3},
 }
 FORMAT_METRIC = "think_format"
+# The gates a report can declare, in the order reports list them (see `gate_checks`).
+GATE_NAMES = ("scores_valid", "no_regression", "format_rate")
 
 Checks = dict[str, tuple[bool, str]]
 
@@ -157,20 +159,30 @@ def published_rows(partition: str, scores: list[TaskScore]) -> list[dict[str, An
 
 
 def gate_checks(
+    names: tuple[str, ...],
     scores: list[TaskScore],
     comparison: list[dict[str, Any]] | None,
     tolerance: float,
     previous_asset: str | None,
     format_rate_value: float | None,
     min_format_rate: float | None,
-    check_format: bool,
 ) -> Checks:
-    """The blocking checks: valid scores; no regression beyond `tolerance` on shared tasks; format rate.
+    """The blocking checks a report declares (`names`, from its record), computed from its scores:
 
-    `comparison` is None for the first evaluation (nothing to compare with; the check is not emitted);
-    `check_format` emits the format check (the reason stage) even when the recipe sets no minimum.
+    - `scores_valid`: every task has a result, every score a number in [0, 1];
+    - `no_regression`: no task shared with the previous report (`comparison`) lost more than `tolerance`;
+    - `format_rate`: the share of well-formed `<think>` replies is above `min_format_rate` (passes, saying
+      so, when the recipe sets no minimum).
     """
-    checks: Checks = {}
+    gates = {  # keyed by GATE_NAMES
+        "scores_valid": lambda: _scores_valid(scores),
+        "no_regression": lambda: _no_regression(comparison or [], tolerance, previous_asset),
+        "format_rate": lambda: _format_rate(format_rate_value, min_format_rate),
+    }
+    return {name: gates[name]() for name in names}
+
+
+def _scores_valid(scores: list[TaskScore]) -> tuple[bool, str]:
     bad = [
         f"{score.key}={score.score!r}"
         for score in scores
@@ -178,54 +190,49 @@ def gate_checks(
     ]
     missing = [score.task for score in scores if not score.subtasks]
     problems = bad + [f"{task}: no result" for task in missing]
-    checks["scores_valid"] = (
+    return (
         not problems and bool(scores),
         "; ".join(problems) if problems else f"{len(scores)} task scores, all numbers in [0, 1]",
     )
-    if comparison is not None:
-        # A small epsilon: with 50 samples one sample is exactly 0.02, and 0.88 - 0.90 is -0.0200000000000000018.
-        regressions = [row for row in comparison if row["delta"] < -tolerance - 1e-9]
-        if regressions:
-            detail = "; ".join(
-                f"{row['task']} ({row['metric']}): {row['previous']:.3f} -> {row['current']:.3f}, delta {row['delta']:+.3f} "
-                f"beyond tolerance {tolerance}"
-                for row in regressions
-            )
-            checks["no_regression"] = (False, f"regression vs {previous_asset}: {detail}")
-        elif comparison:
-            worst = min(comparison, key=lambda row: row["delta"])
-            checks["no_regression"] = (
-                True,
-                (
-                    f"{len(comparison)} task(s) shared with {previous_asset}; smallest delta {worst['delta']:+.3f} "
-                    f"({worst['task']}), tolerance {tolerance}"
-                ),
-            )
-        else:
-            checks["no_regression"] = (True, f"no task shared with {previous_asset}: nothing to compare")
-    if check_format:
-        if min_format_rate is None:
-            rate = "none measured" if format_rate_value is None else f"{format_rate_value:.3f}"
-            checks["format_rate"] = (True, f"format rate {rate}; the recipe sets no min_format_rate")
-        elif format_rate_value is None:
-            checks["format_rate"] = (
-                False,
-                f"min_format_rate {min_format_rate} is set, but no task measures the think format",
-            )
-        else:
-            checks["format_rate"] = (
-                format_rate_value > min_format_rate,
-                (
-                    f"format rate {format_rate_value:.3f} (share of replies with a well-formed <think> block), "
-                    f"minimum {min_format_rate}"
-                ),
-            )
-    return checks
+
+
+def _no_regression(comparison: list[dict[str, Any]], tolerance: float, previous_asset: str | None) -> tuple[bool, str]:
+    # A small epsilon: with 50 samples one sample is exactly 0.02, and 0.88 - 0.90 is -0.0200000000000000018.
+    regressions = [row for row in comparison if row["delta"] < -tolerance - 1e-9]
+    if regressions:
+        detail = "; ".join(
+            f"{row['task']} ({row['metric']}): {row['previous']:.3f} -> {row['current']:.3f}, delta {row['delta']:+.3f} "
+            f"beyond tolerance {tolerance}"
+            for row in regressions
+        )
+        return False, f"regression vs {previous_asset}: {detail}"
+    if comparison:
+        worst = min(comparison, key=lambda row: row["delta"])
+        return True, (
+            f"{len(comparison)} task(s) shared with {previous_asset}; smallest delta {worst['delta']:+.3f} "
+            f"({worst['task']}), tolerance {tolerance}"
+        )
+    return True, f"no task shared with {previous_asset}: nothing to compare"
+
+
+def _format_rate(format_rate_value: float | None, min_format_rate: float | None) -> tuple[bool, str]:
+    if min_format_rate is None:
+        rate = "none measured" if format_rate_value is None else f"{format_rate_value:.3f}"
+        return True, f"format rate {rate}; the recipe sets no min_format_rate"
+    if format_rate_value is None:
+        return False, f"min_format_rate {min_format_rate} is set, but no task measures the think format"
+    return (
+        format_rate_value > min_format_rate,
+        (
+            f"format rate {format_rate_value:.3f} (share of replies with a well-formed <think> block), "
+            f"minimum {min_format_rate}"
+        ),
+    )
 
 
 # -- markdown --------------------------------------------------------------------------------------------------
-def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
-    """A markdown table (numbers to 4 decimals, None as a dash)."""
+def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None, max_cell: int | None = None) -> str:
+    """A markdown table (numbers to 4 decimals, None as a dash, cells one line, at most `max_cell` characters)."""
     if not rows:
         return "(none)"
     columns = columns or list(rows[0])
@@ -235,7 +242,8 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None)
             return "-"
         if isinstance(value, float):
             return f"{value:.4f}"
-        return str(value).replace("|", "\\|").replace("\n", " ")
+        text = str(value).replace("|", "\\|").replace("\n", " ")
+        return text if max_cell is None or len(text) <= max_cell else text[: max_cell - 3] + "..."
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(column)) for column in columns) + " |" for row in rows]

@@ -1,6 +1,6 @@
 """The evaluation process: run lighteval on a published model and publish the report like a training stage.
 
-`python -m doge_dagster.evaluation {base,instruct,reason} --spec SPEC.json`, launched by the `compute`
+`python -m doge_dagster.evaluation REPORT --spec SPEC.json` (REPORT: base, instruct, reason), launched by the `compute`
 resource exactly as training is (`accelerate launch`, Dagster Pipes on global rank 0), reads the model
 artifact the spec names, evaluates it with lighteval's Python API (a `Pipeline` on a
 `TransformersModelConfig` of the local model folder), and publishes `results.json`, per-sample details
@@ -35,10 +35,10 @@ from typing import Any
 
 from doge_dagster.artifacts import ArtifactStore, Manifest, hash_file
 from doge_dagster.evaluation import report as reports
-from doge_dagster.plan import EVALUATED_MODELS, EVALUATION_ASSETS, NODES
+from doge_dagster.launching.reporting import Reporter, global_rank, run_entrypoint
+from doge_dagster.launching.spec import LaunchSpec
 from doge_dagster.recipes import Recipe, parse_recipe
-from doge_dagster.training.reporting import Reporter, global_rank, run_entrypoint
-from doge_dagster.training.spec import StageSpec
+from doge_dagster.stages import Report, chain_for
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 MODEL_CONFIG_FILES = ("config.json", "generation_config.json")
@@ -53,35 +53,29 @@ class EvalSettings:
     use_chat_template: bool = False
     max_samples: int | None = None
     system_prompt: str | None = None
-    batch_size: int | None = None
 
 
-def training_system_prompt(recipe: Recipe, stage: str) -> str | None:
-    """The system prompt the stage's model was trained with (its last SFT mixture's formatter), so the
-    evaluation asks in the form the model knows; None for the base model."""
+def training_system_prompt(recipe: Recipe, report: Report) -> str | None:
+    """The system prompt the report's model was trained with (its `prompt_mixture`'s formatter), so the
+    evaluation asks in the form the model knows; None for a model trained without one (the base model)."""
     from doge_dagster.data.mixing import DEFAULT_IDENTITY_PROMPT, DEFAULT_THINKING_PROMPT
 
-    mixture = {"instruct": recipe.mixtures.sft, "reason": recipe.mixtures.distill}.get(stage)
-    if mixture is None:
+    if report.prompt_mixture is None:
         return None
+    mixture = recipe.section(f"mixtures.{report.prompt_mixture}")
     defaults = {"identity": DEFAULT_IDENTITY_PROMPT, "thinking": DEFAULT_THINKING_PROMPT}
     return mixture.system_prompt or defaults.get(mixture.formatting)
 
 
-def settings_for(stage: str, recipe: Recipe) -> EvalSettings:
-    """The settings of `evaluation.<stage>` of the recipe."""
-    section = recipe.section(f"evaluation.{stage}")
+def settings_for(report: Report, recipe: Recipe) -> EvalSettings:
+    """The settings of the report's recipe section."""
+    section = recipe.section(report.section)
     return EvalSettings(
         tasks=tuple(section.tasks),
         use_chat_template=section.use_chat_template,
         max_samples=section.max_samples,
-        system_prompt=training_system_prompt(recipe, stage) if section.use_chat_template else None,
+        system_prompt=training_system_prompt(recipe, report) if section.use_chat_template else None,
     )
-
-
-def previous_evaluation(asset: str) -> str | None:
-    """The evaluation this one is compared with (`instruct_eval` -> `base_eval`), from the plan."""
-    return next((parent for parent in NODES[asset].upstream if parent in EVALUATION_ASSETS.values()), None)
 
 
 # -- the model as lighteval sees it -----------------------------------------------------------------------------
@@ -218,7 +212,7 @@ def evaluate(
     config = TransformersModelConfig(
         model_name=str(view),
         device="cuda" if gpu else "cpu",
-        batch_size=settings.batch_size or (None if gpu else CPU_BATCH_SIZE),
+        batch_size=None if gpu else CPU_BATCH_SIZE,
         override_chat_template=settings.use_chat_template,
         system_prompt=settings.system_prompt,
         cache_dir=str(work_dir / "lighteval-cache"),
@@ -257,7 +251,7 @@ def evaluate(
 
 # -- the process ------------------------------------------------------------------------------------------------
 def build_report(
-    spec: StageSpec,
+    spec: LaunchSpec,
     recipe: Recipe,
     settings: EvalSettings,
     outcome: EvalOutcome,
@@ -265,17 +259,19 @@ def build_report(
     previous: Manifest | None,
 ) -> tuple[dict[str, Any], str, reports.Checks]:
     """Manifest metadata, markdown summary and gate checks of one evaluation."""
-    stage = spec.stage
-    section = recipe.section(f"evaluation.{stage}")
+    report = recipe.chain.report(spec.stage)
+    section = recipe.section(report.section)
     previous_asset = previous.asset if previous is not None else None
     comparison = reports.compare(outcome.scores, previous.metadata.get("tasks", [])) if previous is not None else None
     rate = reports.format_rate(outcome.scores)
     checks = reports.gate_checks(
-        outcome.scores, comparison, section.regression_tolerance, previous_asset, rate, section.min_format_rate,
-        check_format=stage == "reason",
+        report.checks, outcome.scores, comparison, section.regression_tolerance, previous_asset, rate,
+        section.min_format_rate,
     )  # fmt: skip
-    published = reports.published_rows(spec.partition, outcome.scores) if stage == "base" else []
-    model_asset = EVALUATED_MODELS[stage]
+    # The published SmallDoge scores sit beside the report of the model trained from scratch.
+    model_stage = recipe.chain.stage(report.model_stage)
+    published = reports.published_rows(spec.partition, outcome.scores) if model_stage.parent is None else []
+    model_asset = model_stage.asset
     from importlib.metadata import version as package_version
 
     header = [
@@ -290,10 +286,7 @@ def build_report(
         ),
     ]
     if any(score.task.startswith("custom|arithmetic") for score in outcome.scores):
-        header.append(
-            "Arithmetic questions are generated held-out data (own seed); the problem space is small, so many "
-            "also occur in training."
-        )
+        header.append("Arithmetic questions are generated held-out data (own seed): no training row holds one of them.")
     summary = reports.summary_markdown(
         f"{spec.asset} ({spec.partition})", header, outcome.scores, comparison, previous_asset, published, checks, rate
     )
@@ -342,14 +335,16 @@ def run_evaluation(stage: str, spec_path: str) -> None:
     run_entrypoint(stage, spec_path, _run)
 
 
-def _run(spec: StageSpec, reporter: Reporter, started: float) -> None:
-    stage = spec.stage
-    recipe = parse_recipe(spec.recipe, source=f"spec {spec.asset}[{spec.partition}]")
-    settings = settings_for(stage, recipe)
+def _run(spec: LaunchSpec, reporter: Reporter, started: float) -> None:
+    recipe = parse_recipe(
+        spec.recipe, source=f"spec {spec.asset}[{spec.partition}]", chain=chain_for(spec.extra_stages)
+    )
+    report = recipe.chain.report(spec.stage)
+    settings = settings_for(report, recipe)
     store = ArtifactStore(spec.store_root)
-    model_asset = EVALUATED_MODELS[stage]
+    model_asset = recipe.chain.stage(report.model_stage).asset
     model_manifest = store.require(model_asset, spec.partition, spec.upstream[model_asset])
-    previous_asset = previous_evaluation(spec.asset)
+    previous_asset = recipe.chain.report(report.compares_with).asset if report.compares_with else None
     previous = store.require(previous_asset, spec.partition, spec.upstream[previous_asset]) if previous_asset else None
     model_dir = store.local_path(model_manifest)
     work = Path(spec.work_dir)

@@ -32,6 +32,7 @@ from pathlib import Path
 from types import ModuleType
 
 from doge_dagster.evaluation import compat
+from doge_dagster.evaluation.report import FORMAT_METRIC
 
 compat.apply()
 
@@ -132,8 +133,7 @@ def _generative(name: str, computation: SampleLevelComputation) -> SampleLevelMe
 
 number_exact_match = _generative("exact_match", NumberExactMatch())
 think_answer_match = _generative("acc", ThinkAnswerMatch())
-think_format = _generative("think_format", ThinkFormat())
-FORMAT_METRIC = "think_format"
+think_format = _generative(FORMAT_METRIC, ThinkFormat())
 
 # -- the seed's prompts ----------------------------------------------------------------------------------------
 

@@ -6,46 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from doge_dagster.training.runner import StageContext
-
-
-def build_model(ctx: StageContext):
-    """A fresh Doge from the recipe's architecture, or the `init_from` checkpoint for continued pretraining."""
-    from transformers import AutoModelForCausalLM, DogeConfig, DogeForCausalLM
-
-    init_from = ctx.recipe.stages.pretrain.init_from
-    if init_from:
-        ctx.reporter.info(f"continued pretraining from {init_from}")
-        return AutoModelForCausalLM.from_pretrained(ctx.resolve_model(init_from))
-    fields = ctx.recipe.model.model_dump()
-    fields["vocab_size"] = len(ctx.tokenizer) if fields["vocab_size"] == "tokenizer" else fields["vocab_size"]
-    return DogeForCausalLM(DogeConfig(**fields, router_aux_loss_coef=0.0))
-
-
-def training_defaults(ctx: StageContext) -> dict[str, Any]:
-    """Nothing beyond the recipe: the seed's pretraining arguments are complete."""
-    return {}
-
-
-def training_forced(ctx: StageContext) -> dict[str, Any]:
-    """Continued pretraining re-enters the WSD stable phase at the stable LR: no second warmup."""
-    return {"warmup_steps": 0} if ctx.recipe.stages.pretrain.init_from else {}
-
-
-def build_trainer(ctx: StageContext, model, args):
-    """HF `Trainer` on packed rows; the collator masks pad (never EOS, which differs) from the loss."""
-    from transformers import DataCollatorForLanguageModeling, Trainer
-
-    return Trainer(
-        model=model,
-        args=args,
-        train_dataset=ctx.data["train"],
-        eval_dataset=ctx.eval_split(),
-        data_collator=DataCollatorForLanguageModeling(ctx.tokenizer, mlm=False),
-        processing_class=ctx.tokenizer,
-        callbacks=ctx.callbacks,
-    )
-
+from doge_dagster.training.contract import StageContext, StageTrainer
 
 STABLE_DIR = "stable"
 
@@ -59,26 +20,58 @@ def stable_phase_end(training: dict[str, Any]) -> int | None:
     return max_steps - decay if 0 < decay < max_steps else None
 
 
-def callbacks(ctx: StageContext) -> list:
-    """Keep the model at the end of the WSD stable phase: continued pretraining starts from it."""
-    from transformers import TrainerCallback
+class PretrainTrainer(StageTrainer):
+    """HF `Trainer` on packed rows of a fresh Doge (or a checkpoint), keeping the WSD stable-phase model."""
 
-    end = stable_phase_end(ctx.recipe.stages.pretrain.training)
-    target = Path(ctx.spec.work_dir) / STABLE_DIR
-    if end is None:
-        return []
+    def build_model(self, ctx: StageContext):
+        """A fresh Doge from the recipe's architecture, or the `init_from` checkpoint for continued pretraining."""
+        from transformers import AutoModelForCausalLM, DogeConfig, DogeForCausalLM
 
-    class StablePhaseSnapshot(TrainerCallback):
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            if state.global_step == end and state.is_world_process_zero and model is not None:
-                model.save_pretrained(str(target))
-                ctx.reporter.info(f"saved the stable-phase model (step {end}) for continued pretraining")
+        init_from = ctx.section.init_from
+        if init_from:
+            ctx.reporter.info(f"continued pretraining from {init_from}")
+            return AutoModelForCausalLM.from_pretrained(ctx.resolve_model(init_from))
+        fields = ctx.recipe.model.model_dump()
+        fields["vocab_size"] = len(ctx.tokenizer) if fields["vocab_size"] == "tokenizer" else fields["vocab_size"]
+        return DogeForCausalLM(DogeConfig(**fields, router_aux_loss_coef=0.0))
 
-    return [StablePhaseSnapshot()]
+    def training_forced(self, ctx: StageContext) -> dict[str, Any]:
+        """Continued pretraining re-enters the WSD stable phase at the stable LR: no second warmup."""
+        return {"warmup_steps": 0} if ctx.section.init_from else {}
 
+    def build_trainer(self, ctx: StageContext, model, args):
+        """HF `Trainer` on packed rows; the collator masks pad (never EOS, which differs) from the loss."""
+        from transformers import DataCollatorForLanguageModeling, Trainer
 
-def finalize(ctx: StageContext, staged: Path) -> None:
-    """Publish the stable-phase snapshot inside the model artifact, under `stable/`."""
-    snapshot = Path(ctx.spec.work_dir) / STABLE_DIR
-    if snapshot.is_dir():
-        shutil.move(str(snapshot), str(staged / STABLE_DIR))
+        return Trainer(
+            model=model,
+            args=args,
+            train_dataset=ctx.data["train"],
+            eval_dataset=ctx.eval_split(),
+            data_collator=DataCollatorForLanguageModeling(ctx.tokenizer, mlm=False),
+            processing_class=ctx.tokenizer,
+            callbacks=ctx.callbacks,
+        )
+
+    def callbacks(self, ctx: StageContext) -> list:
+        """Keep the model at the end of the WSD stable phase: continued pretraining starts from it."""
+        from transformers import TrainerCallback
+
+        end = stable_phase_end(ctx.section.training)
+        target = Path(ctx.spec.work_dir) / STABLE_DIR
+        if end is None:
+            return []
+
+        class StablePhaseSnapshot(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, **kwargs):
+                if state.global_step == end and state.is_world_process_zero and model is not None:
+                    model.save_pretrained(str(target))
+                    ctx.reporter.info(f"saved the stable-phase model (step {end}) for continued pretraining")
+
+        return [StablePhaseSnapshot()]
+
+    def finalize(self, ctx: StageContext, staged: Path) -> None:
+        """Publish the stable-phase snapshot inside the model artifact, under `stable/`."""
+        snapshot = Path(ctx.spec.work_dir) / STABLE_DIR
+        if snapshot.is_dir():
+            shutil.move(str(snapshot), str(staged / STABLE_DIR))

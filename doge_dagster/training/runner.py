@@ -1,73 +1,35 @@
 """The one runner every training stage shares: load inputs, build the model, train (resuming), save, check, publish.
 
-Stage modules (`pretrain`, `sft`, `dpo`, `grpo`) only say how to build their model and trainer.
+What differs between stages is in their records (`doge_dagster.stages`) and their trainer classes
+(`doge_dagster.training.contract.StageTrainer`): how to build the model and the trainer, extra callbacks.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import math
 import re
 import resource
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from doge_dagster.artifacts import ArtifactStore
-from doge_dagster.recipes import MixtureRecipe, Recipe, parse_recipe
-from doge_dagster.training.reporting import Reporter, global_rank, progress_callback, run_entrypoint
-from doge_dagster.training.spec import StageSpec
+from doge_dagster.launching.reporting import Reporter, global_rank, run_entrypoint
+from doge_dagster.launching.spec import LaunchSpec
+from doge_dagster.recipes import parse_recipe
+from doge_dagster.stages import chain_for
+from doge_dagster.training.checks import TrainedModel, run_checks
+from doge_dagster.training.contract import StageContext, StageTrainer
+from doge_dagster.training.progress import progress_callback
 
-STAGE_MODULES = {"pretrain": "pretrain", "sft": "sft", "distill": "sft", "dpo": "sft", "grpo": "grpo"}
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-EVAL_ROWS = 256
-CHECK_QUESTION = "What is 3 + 4?"
 # TRL's configs default to bf16 autocast and activation (gradient) checkpointing, transformers'
 # `TrainingArguments` to neither. Every stage starts from the same plain defaults, so precision and memory
 # are the recipe's explicit choice: on a CPU without native bf16 (AVX2), TRL's defaults ran the chat stages
 # about 9x slower per token than pretraining, and their rounding changed the trained weights.
 TRAINER_DEFAULTS = {"bf16": False, "activation_checkpointing": False}
-
-
-@dataclass
-class StageContext:
-    """Inputs of a stage, loaded once on every rank."""
-
-    spec: StageSpec
-    recipe: Recipe
-    store: ArtifactStore
-    reporter: Reporter
-    tokenizer: Any = None
-    data: Any = None
-    callbacks: list[Any] = field(default_factory=list)
-
-    @property
-    def mixture_recipe(self) -> MixtureRecipe:
-        """The recipe section of the stage's mixture."""
-        return self.recipe.section(f"mixtures.{self.spec.mixture.removesuffix('_mixture')}")
-
-    def artifact_dir(self, asset: str) -> Path:
-        """Local folder of an upstream artifact of the version the spec names."""
-        manifest = self.store.require(asset, self.spec.partition, self.spec.upstream[asset])
-        return self.store.local_path(manifest)
-
-    def resolve_model(self, reference: str) -> str:
-        """`doge_base:<version>` -> that published artifact; anything else is a Hub id or folder."""
-        asset, _, version = reference.partition(":")
-        if version and asset == "doge_base":
-            folder = self.store.local_path(self.store.require(asset, self.spec.partition, version))
-            stable = folder / "stable"  # the WSD stable-phase snapshot, when the run kept one
-            return str(stable if stable.is_dir() else folder)
-        return reference
-
-    def eval_split(self, *drop: str):
-        """A bounded slice of the test split (evaluation must not dominate small runs)."""
-        test = self.data["test"]
-        test = test.select(range(min(EVAL_ROWS, len(test))))
-        return test.remove_columns(list(drop)) if drop else test
 
 
 def last_complete_checkpoint(folder: Path) -> Path | None:
@@ -87,17 +49,16 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
     return None
 
 
-def build_args(ctx: StageContext, stage_module, stage: str, checkpoints: Path):
-    """The trainer config: recipe fields, stage overrides, and the fields the pipeline owns."""
-    target = {"pretrain": ("transformers", "TrainingArguments"), "dpo": ("trl", "DPOConfig"), "grpo": ("trl", "GRPOConfig")}
-    module, name = target.get(stage, ("trl", "SFTConfig"))
+def build_args(ctx: StageContext, trainer: StageTrainer, checkpoints: Path):
+    """The trainer config: plain defaults, the stage's defaults, the recipe's fields, the stage's forced
+    fields, and the fields the pipeline owns."""
+    module, _, name = ctx.stage.config_class.partition(":")
     config_class = getattr(importlib.import_module(module), name)
-    forced = getattr(stage_module, "training_forced", lambda _: {})(ctx)
     training = {
         **TRAINER_DEFAULTS,
-        **stage_module.training_defaults(ctx),
-        **ctx.recipe.section(f"stages.{stage}").training,
-        **forced,
+        **trainer.training_defaults(ctx),
+        **ctx.section.training,
+        **trainer.training_forced(ctx),
     }
     import torch
 
@@ -120,29 +81,53 @@ def run_stage(stage: str, spec_path: str) -> None:
     run_entrypoint(stage, spec_path, _run)
 
 
-def _run(spec: StageSpec, reporter: Reporter, started: float) -> None:
+def stage_context(spec: LaunchSpec, reporter: Reporter | None = None) -> StageContext:
+    """The stage's context with its tokenizer and mixture loaded (the spec's recipe decides the chain)."""
     from datasets import load_from_disk
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers import AutoTokenizer
 
-    stage_module = importlib.import_module(f"doge_dagster.training.{STAGE_MODULES[spec.stage]}")
-    recipe = parse_recipe(spec.recipe, source=f"spec {spec.asset}[{spec.partition}]")
-    store = ArtifactStore(spec.store_root)
-    ctx = StageContext(spec, recipe, store, reporter)
+    recipe = parse_recipe(
+        spec.recipe, source=f"spec {spec.asset}[{spec.partition}]", chain=chain_for(spec.extra_stages)
+    )
+    stage = recipe.chain.stage(spec.stage)
+    ctx = StageContext(spec, recipe, ArtifactStore(spec.store_root), reporter, stage)
     ctx.tokenizer = AutoTokenizer.from_pretrained(str(ctx.artifact_dir("tokenizer")))
-    ctx.data = load_from_disk(str(ctx.artifact_dir(spec.mixture)))
+    ctx.data = load_from_disk(str(ctx.artifact_dir(recipe.chain.mixture(stage.mixture).asset)))
+    return ctx
+
+
+def parent_asset(ctx: StageContext) -> str | None:
+    """The model asset this stage starts from (None for a stage that builds its own model)."""
+    return ctx.recipe.chain.stage(ctx.stage.parent).asset if ctx.stage.parent else None
+
+
+def initial_model(ctx: StageContext, trainer: StageTrainer):
+    """The parent stage's published model, or the trainer's own (e.g. a fresh Doge)."""
+    from transformers import AutoModelForCausalLM
+
+    parent = parent_asset(ctx)
+    if parent is None:
+        return trainer.build_model(ctx)
+    model = AutoModelForCausalLM.from_pretrained(str(ctx.artifact_dir(parent)))
+    model.config.router_aux_loss_coef = 0.0
+    return model
+
+
+def _run(spec: LaunchSpec, reporter: Reporter, started: float) -> None:
+    from transformers import set_seed
+
+    ctx = stage_context(spec, reporter)
+    recipe, store = ctx.recipe, ctx.store
+    stage_trainer = ctx.stage.trainer_class()()
     progress = progress_callback(reporter)
-    ctx.callbacks = [progress, *getattr(stage_module, "callbacks", lambda _: [])(ctx)]
+    ctx.callbacks = [progress, *stage_trainer.callbacks(ctx)]
     # The Trainer seeds itself only after the model exists: seed first, or a new model's initial
     # weights (and so every later stage) change from run to run.
-    set_seed(int(recipe.section(f"stages.{spec.stage}").training.get("seed", 42)))
-    if spec.parent_model:
-        model = AutoModelForCausalLM.from_pretrained(str(ctx.artifact_dir(spec.parent_model)))
-        model.config.router_aux_loss_coef = 0.0
-    else:
-        model = stage_module.build_model(ctx)
+    set_seed(int(ctx.section.training.get("seed", 42)))
+    model = initial_model(ctx, stage_trainer)
     checkpoints = Path(spec.work_dir) / "checkpoints"
-    args = build_args(ctx, stage_module, spec.stage, checkpoints)
-    trainer = stage_module.build_trainer(ctx, model, args)
+    args = build_args(ctx, stage_trainer, checkpoints)
+    trainer = stage_trainer.build_trainer(ctx, model, args)
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # the progress callback already logs every step
@@ -160,12 +145,12 @@ def _run(spec: StageSpec, reporter: Reporter, started: float) -> None:
     if global_rank() != 0:
         return
     ctx.tokenizer.save_pretrained(str(staged))
-    getattr(stage_module, "finalize", lambda *_: None)(ctx, staged)
+    stage_trainer.finalize(ctx, staged)
     metrics = _metrics(spec, trainer, result, eval_metrics, progress, start_step, parameters, started)
     _write_generation_config(staged, ctx.tokenizer)
     plot_curves(staged / "loss_curve.png", spec.asset, progress.curve, progress.eval_losses, progress.rewards)
-    checks = _checks(spec, staged, ctx.tokenizer, progress.curve, recipe)
-    _write_model_card(staged, spec, recipe, metrics)
+    checks = run_checks(ctx.stage.checks, TrainedModel(staged, ctx.tokenizer, progress.curve, recipe.model.vocab_size))
+    _write_model_card(staged, spec, recipe.name, ctx.section, metrics)
     manifest = store.publish(
         spec.asset, spec.partition, spec.version, staged, spec.upstream,
         {**metrics, "checks": {name: list(value) for name, value in checks.items()}},
@@ -257,55 +242,9 @@ def _write_generation_config(folder: Path, tokenizer) -> None:
     ).save_pretrained(str(folder))
 
 
-def _checks(spec: StageSpec, folder: Path, tokenizer, curve, recipe: Recipe) -> dict[str, tuple[bool, str]]:
-    """Asset checks of a published model: finite falling loss, loads and generates, vocab, chat reply."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    checks: dict[str, tuple[bool, str]] = {}
-    losses = [loss for _, loss in curve]
-    finite = bool(losses) and all(math.isfinite(loss) for loss in losses)
-    if spec.stage == "grpo":
-        checks["loss_finite"] = (finite, f"{len(losses)} logged losses, all finite: {finite}")
-    else:
-        falling = finite and losses[-1] < losses[0]
-        detail = f"loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "no loss logged"
-        checks["loss_finite_and_falling"] = (falling, detail)
-    model = AutoModelForCausalLM.from_pretrained(str(folder))  # native Doge: no remote code
-    expected_vocab = len(tokenizer) if recipe.model.vocab_size == "tokenizer" else recipe.model.vocab_size
-    checks["vocab_matches_tokenizer"] = (
-        model.config.vocab_size == expected_vocab and model.config.vocab_size >= len(tokenizer),
-        f"model vocab {model.config.vocab_size}, tokenizer {len(tokenizer)} tokens, recipe {recipe.model.vocab_size}",
-    )
-    prompt = tokenizer("The number", return_tensors="pt", add_special_tokens=False)
-    with torch.no_grad():
-        generated = model.generate(**prompt, max_new_tokens=8, do_sample=False)
-    new_tokens = generated.shape[1] - prompt["input_ids"].shape[1]
-    checks["loads_and_generates"] = (
-        new_tokens > 0,
-        f"AutoModelForCausalLM loaded without remote code; generated {tokenizer.decode(generated[0][-new_tokens:])!r}",
-    )
-    if spec.stage != "pretrain":
-        reply = chat_reply(model, tokenizer, CHECK_QUESTION)
-        checks["chat_template_reply"] = (bool(reply.strip()), f"{CHECK_QUESTION!r} -> {reply!r}")
-    return checks
-
-
-def chat_reply(model, tokenizer, question: str, max_new_tokens: int = 32) -> str:
-    """Greedy reply of a chat model to one user message, through the chat template."""
-    import torch
-
-    inputs = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
-    with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return tokenizer.decode(output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-
-
-def _write_model_card(folder: Path, spec: StageSpec, recipe: Recipe, metrics: dict[str, Any]) -> None:
+def _write_model_card(folder: Path, spec: LaunchSpec, recipe_name: str, section, metrics: dict[str, Any]) -> None:
     lines = [
-        f"# {spec.asset} ({recipe.name})",
+        f"# {spec.asset} ({recipe_name})",
         "",
         f"Doge model produced by the doge-dagster `{spec.stage}` stage. Version `{spec.version}`.",
         "Load it with `AutoModelForCausalLM.from_pretrained(path)` (native transformers Doge, no remote code).",
@@ -317,7 +256,7 @@ def _write_model_card(folder: Path, spec: StageSpec, recipe: Recipe, metrics: di
         "## Recipe section",
         "",
         "```json",
-        json.dumps(recipe.section(f"stages.{spec.stage}").model_dump(mode="json"), indent=2),
+        json.dumps(section.model_dump(mode="json"), indent=2),
         "```",
         "",
         "## Metrics",

@@ -1,31 +1,32 @@
-"""The chat stages on TRL: SFT and distillation SFT (`SFTTrainer`, chat template, assistant-only loss)
-and DPO (`DPOTrainer`, sigmoid loss, implicit reference model: a frozen copy of the start model)."""
+"""Supervised fine-tuning on conversations with TRL's `SFTTrainer`: chat template, assistant-only loss.
+
+Serves every stage that fine-tunes on `messages` rows: SFT on chat data, and distillation on reasoning
+traces kept in the assistant turns as `<think>` blocks.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from doge_dagster.training.runner import StageContext
-
-TRAINERS = {"sft": "SFTTrainer", "distill": "SFTTrainer", "dpo": "DPOTrainer"}
+from doge_dagster.training.contract import StageContext, StageTrainer
 
 
-def training_defaults(ctx: StageContext) -> dict[str, Any]:
-    """Sequence length from the mixture unless the recipe sets it."""
-    return {"max_length": ctx.mixture_recipe.max_length}
+class SFTStageTrainer(StageTrainer):
+    """`SFTTrainer` on the mixture's `messages`; sequence length from the mixture unless the recipe sets it."""
 
+    def training_defaults(self, ctx: StageContext) -> dict[str, Any]:
+        """Sequence length from the mixture unless the recipe sets it."""
+        return {"max_length": ctx.mixture_recipe.max_length}
 
-def build_trainer(ctx: StageContext, model, args):
-    """The stage's TRL trainer on conversational columns (`messages`, or `prompt`/`chosen`/`rejected`);
-    reasoning traces stay in the assistant turns as `<think>` blocks."""
-    import trl
+    def build_trainer(self, ctx: StageContext, model, args):
+        """`SFTTrainer` on conversational rows."""
+        from trl import SFTTrainer
 
-    trainer_class = getattr(trl, TRAINERS[ctx.spec.stage])
-    return trainer_class(
-        model=model,
-        args=args,
-        train_dataset=ctx.data["train"].remove_columns("source"),
-        eval_dataset=ctx.eval_split("source"),
-        processing_class=ctx.tokenizer,
-        callbacks=ctx.callbacks,
-    )
+        return SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=ctx.data["train"].remove_columns("source"),
+            eval_dataset=ctx.eval_split("source"),
+            processing_class=ctx.tokenizer,
+            callbacks=ctx.callbacks,
+        )

@@ -1,4 +1,4 @@
-"""The launch spec: everything a training process needs, written by the orchestrator as one JSON file.
+"""The launch spec: everything a launched process needs, written by the orchestrator as one JSON file.
 
 Secrets never go in here: object-store credentials reach the nodes through the environment
 (AWS_* variables and FSSPEC_S3_* settings), which s3fs reads by itself.
@@ -12,8 +12,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from doge_dagster.plan import NODES, TRAINING_ASSETS
-
 # `--spec env:NAME` reads the spec JSON from the environment variable NAME instead of a file: for
 # backends without a filesystem shared with the Dagster host (Kubernetes pods get DOGE_SPEC_JSON).
 SPEC_ENV_PREFIX = "env:"
@@ -21,37 +19,24 @@ SPEC_ENV_VAR = "DOGE_SPEC_JSON"
 
 
 @dataclass(frozen=True)
-class StageSpec:
-    """One stage launch: which artifact to produce, from which upstream versions, with which recipe."""
+class LaunchSpec:
+    """One launch: `python -m MODULE STAGE --spec F` produces `asset` from the upstream versions named.
+
+    `stage` is the stage (training) or report (evaluation) name the entry point runs.
+    """
 
     stage: str
+    asset: str
     partition: str
     version: str
     upstream: dict[str, str]
     recipe: dict[str, Any]
     store_root: str
     work_dir: str
-    env: dict[str, str] = field(default_factory=dict)
-    # Launches other than training (evaluation): the asset produced and the entrypoint package run as
-    # `python -m MODULE STAGE --spec F`. Training specs leave both at their defaults.
-    asset_name: str | None = None
     module: str = "doge_dagster.training"
-
-    @property
-    def asset(self) -> str:
-        """The asset this launch produces (the stage's model for training)."""
-        return self.asset_name or TRAINING_ASSETS[self.stage]
-
-    @property
-    def parent_model(self) -> str | None:
-        """The upstream model asset to start from (None for pretraining)."""
-        parents = [name for name in NODES[self.asset].upstream if name in TRAINING_ASSETS.values()]
-        return parents[0] if parents else None
-
-    @property
-    def mixture(self) -> str:
-        """The upstream mixture asset."""
-        return next(name for name in NODES[self.asset].upstream if name.endswith("_mixture"))
+    env: dict[str, str] = field(default_factory=dict)
+    # Modules of extra stages the recipe's chain was built with (DOGE_EXTRA_STAGES on the Dagster side).
+    extra_stages: str = ""
 
     def to_json(self) -> str:
         """The spec as JSON text (what `write` writes)."""
@@ -63,7 +48,7 @@ class StageSpec:
         return path
 
     @classmethod
-    def read(cls, path: str | Path) -> StageSpec:
+    def read(cls, path: str | Path) -> LaunchSpec:
         """Read a spec written by `write`, or from an environment variable given as `env:NAME`."""
         location = str(path)
         if location.startswith(SPEC_ENV_PREFIX):

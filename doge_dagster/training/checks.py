@@ -1,0 +1,114 @@
+"""The checks a trained model can get, by name: a stage's record lists the ones its asset declares, and the
+runner computes exactly those, so the names declared in Dagster and the results produced cannot drift.
+
+Each check takes the published candidate (`TrainedModel`) and returns `(passed, detail)`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CHECK_QUESTION = "What is 3 + 4?"
+CheckResult = tuple[bool, str]
+
+
+@dataclass
+class TrainedModel:
+    """A staged model folder, its tokenizer, its logged loss curve and the recipe's model section."""
+
+    folder: Path
+    tokenizer: Any
+    curve: list[tuple[int, float]]
+    vocab_size: int | str
+
+    @functools.cached_property
+    def model(self) -> Any:
+        """The model loaded as a user would: `AutoModelForCausalLM`, native Doge, no remote code."""
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(str(self.folder))
+
+    @property
+    def losses(self) -> list[float]:
+        """The logged training losses, in order."""
+        return [loss for _, loss in self.curve]
+
+
+def loss_finite(trained: TrainedModel) -> CheckResult:
+    """Every logged loss is a finite number (GRPO's loss is not expected to fall)."""
+    losses = trained.losses
+    finite = bool(losses) and all(math.isfinite(loss) for loss in losses)
+    return finite, f"{len(losses)} logged losses, all finite: {finite}"
+
+
+def loss_finite_and_falling(trained: TrainedModel) -> CheckResult:
+    """Finite losses, the last below the first."""
+    losses = trained.losses
+    finite, _ = loss_finite(trained)
+    detail = f"loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "no loss logged"
+    return finite and losses[-1] < losses[0], detail
+
+
+def vocab_matches_tokenizer(trained: TrainedModel) -> CheckResult:
+    """The model's vocabulary is the recipe's and covers every tokenizer token."""
+    tokenizer, model = trained.tokenizer, trained.model
+    expected = len(tokenizer) if trained.vocab_size == "tokenizer" else trained.vocab_size
+    return (
+        model.config.vocab_size == expected and model.config.vocab_size >= len(tokenizer),
+        f"model vocab {model.config.vocab_size}, tokenizer {len(tokenizer)} tokens, recipe {trained.vocab_size}",
+    )
+
+
+def loads_and_generates(trained: TrainedModel) -> CheckResult:
+    """The folder loads without remote code and generates new tokens."""
+    import torch
+
+    tokenizer = trained.tokenizer
+    prompt = tokenizer("The number", return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        generated = trained.model.generate(**prompt, max_new_tokens=8, do_sample=False)
+    new_tokens = generated.shape[1] - prompt["input_ids"].shape[1]
+    return (
+        new_tokens > 0,
+        f"AutoModelForCausalLM loaded without remote code; generated {tokenizer.decode(generated[0][-new_tokens:])!r}",
+    )
+
+
+def chat_template_reply(trained: TrainedModel) -> CheckResult:
+    """A user message through the chat template gets a non-empty reply."""
+    reply = chat_reply(trained.model, trained.tokenizer, CHECK_QUESTION)
+    return bool(reply.strip()), f"{CHECK_QUESTION!r} -> {reply!r}"
+
+
+def chat_reply(model, tokenizer, question: str, max_new_tokens: int = 32) -> str:
+    """Greedy reply of a chat model to one user message, through the chat template."""
+    import torch
+
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return tokenizer.decode(output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+TRAINING_CHECKS: dict[str, Callable[[TrainedModel], CheckResult]] = {
+    check.__name__: check
+    for check in (
+        loss_finite,
+        loss_finite_and_falling,
+        vocab_matches_tokenizer,
+        loads_and_generates,
+        chat_template_reply,
+    )
+}
+
+
+def run_checks(names: tuple[str, ...], trained: TrainedModel) -> dict[str, CheckResult]:
+    """The named checks' results, in the order named."""
+    return {name: TRAINING_CHECKS[name](trained) for name in names}

@@ -1,0 +1,52 @@
+"""Training progress: a `TrainerCallback` that logs each logging step into the run and keeps the curves."""
+
+from __future__ import annotations
+
+import time
+
+from doge_dagster.launching.reporting import Reporter
+
+
+def progress_callback(reporter: Reporter):
+    """A transformers `TrainerCallback` that logs step, loss, LR and tokens/s and keeps the loss curve."""
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.curve: list[tuple[int, float]] = []
+            self.eval_losses: list[tuple[int, float]] = []
+            self.rewards: list[tuple[int, float]] = []
+            self.started = time.monotonic()
+            self.train_started: float | None = None
+            self.first_step: int | None = None
+            self.first_tokens = 0
+            self.tokens_seen = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.train_started = time.monotonic()
+            self.first_step = state.global_step
+            self.first_tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            self.tokens_seen = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+            if "loss" in logs:
+                self.curve.append((state.global_step, float(logs["loss"])))
+            if "eval_loss" in logs:
+                self.eval_losses.append((state.global_step, float(logs["eval_loss"])))
+            if "reward" in logs:
+                self.rewards.append((state.global_step, float(logs["reward"])))
+            elapsed = time.monotonic() - (self.train_started or self.started)
+            rate = (self.tokens_seen - self.first_tokens) / elapsed if elapsed > 0 else 0.0
+            parts = [f"step {state.global_step}/{state.max_steps}"]
+            for key in ("loss", "eval_loss", "reward", "learning_rate", "grad_norm"):
+                if key in logs:
+                    parts.append(f"{key} {logs[key]:.4g}")
+            parts.append(f"tokens/s {rate:,.0f}")
+            reporter.info(" | ".join(parts))
+
+        def tokens_per_second(self) -> float:
+            elapsed = time.monotonic() - (self.train_started or self.started)
+            return (self.tokens_seen - self.first_tokens) / elapsed if elapsed > 0 else 0.0
+
+    return ProgressCallback()

@@ -1,0 +1,65 @@
+"""`dg.materialize` of a selection of the code location for one partition, counting local-backend launches.
+
+Usage: `python -m programs.materialize SELECTION PARTITION` (SELECTION: asset names separated by commas).
+
+The definitions are imported here, under the caller's environment (DOGE_RECIPES_DIR, DOGE_ARTIFACT_ROOT), on an
+ephemeral instance. `ProcessGroupSubprocessClient.run` is wrapped before the definitions are imported so that
+every launch of a training or evaluation process is counted. Result: `success`, the step `failures` (step,
+error text, `dg.Failure` description), the number of `launches` and every event's `messages`.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import dagster as dg
+
+from programs import emit
+
+
+def count_launches() -> list[Any]:
+    """Wrap `ProcessGroupSubprocessClient.run` so that each call records its command; returns the record."""
+    from resources.local import ProcessGroupSubprocessClient
+
+    launches: list[Any] = []
+    original_run = ProcessGroupSubprocessClient.run
+
+    def recording_run(self, *args, **kwargs):  # counts launches, then runs the real client
+        launches.append(kwargs.get("command"))
+        return original_run(self, *args, **kwargs)
+
+    ProcessGroupSubprocessClient.run = recording_run
+    return launches
+
+
+def materialize(selection: str, partition: str) -> dict[str, Any]:
+    """Materialize `selection` (comma-separated) for `partition`; the result as `main` prints it."""
+    launches = count_launches()
+    from doge_dagster.definitions import defs  # after count_launches: the resources get the wrapped client
+
+    result = dg.materialize(
+        list(defs.assets), selection=selection.split(","), partition_key=partition, resources=defs.resources,
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+    )  # fmt: skip
+    failures = []
+    for event in result.get_step_failure_events():
+        data = event.step_failure_data
+        failures.append(
+            {
+                "step": event.step_key,
+                "error": data.error.to_string() if data.error else "",
+                "description": (data.user_failure_data.description or "") if data.user_failure_data else "",
+            }
+        )
+    messages = [event.message or "" for event in result.all_events]
+    return {"success": result.success, "failures": failures, "launches": len(launches), "messages": messages}
+
+
+def main(argv: list[str]) -> None:
+    selection, partition = argv
+    emit(materialize(selection, partition))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
