@@ -5,9 +5,9 @@ import dagster as dg
 from assets.partitions import RECIPE_PARTITIONS
 from assets.sources import SOURCE_ASSETS
 from assets.versioned import BuildContext, BuildOutput, materialize_versioned, node_code_version
-from doge_dagster.data.registry import DATASETS
 from doge_dagster.evaluation.report import markdown_table
 from doge_dagster.plan import NODES
+from doge_dagster.registry import DATASETS
 from doge_dagster.stages import CHAIN, Mixture
 from resources.artifact_store import ArtifactStoreResource
 

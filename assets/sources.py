@@ -5,9 +5,9 @@ import warnings
 import dagster as dg
 
 from assets.partitions import RECIPE_PARTITIONS
-from doge_dagster.data.registry import DATASETS, DatasetSpec
 from doge_dagster.plan import source_versions
 from doge_dagster.recipes import RecipeError, load_recipe
+from doge_dagster.registry import DATASETS, DatasetSpec
 
 
 def build_source_asset(spec: DatasetSpec) -> dg.SourceAsset:

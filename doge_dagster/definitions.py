@@ -17,7 +17,8 @@ from assets.evaluation import EVALUATION_ASSET_DEFS
 from assets.training import TRAINING_ASSET_DEFS
 from jobs import JOBS, SCHEDULES, SENSORS
 from resources import ArtifactStoreResource, ComputeResource
-from resources.compute import KubernetesSettings, SlurmSettings
+from resources.kubernetes import KubernetesSettings
+from resources.slurm import SlurmSettings
 
 
 def artifact_store_from_env() -> ArtifactStoreResource:

@@ -12,8 +12,15 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from doge_dagster.data.registry import dataset_spec
-from doge_dagster.recipes import Recipe, SourceRef, StageRecipe, content_version
+from doge_dagster.recipes import (
+    Recipe,
+    SourceRef,
+    SourceUse,
+    StageRecipe,
+    content_version,
+    node_sources,
+    recipe_sources,
+)
 from doge_dagster.stages import CHAIN, Chain
 
 
@@ -81,29 +88,6 @@ def ancestry(node: str, nodes: dict[str, Node] = NODES) -> list[str]:
     return ordered
 
 
-@dataclass(frozen=True)
-class SourceUse:
-    """A dataset as a recipe uses it, with the seed its generated rows (if any) come from."""
-
-    ref: SourceRef
-    seed: int
-
-    @property
-    def asset_name(self) -> str:
-        """The observable source asset this use belongs to."""
-        return dataset_spec(self.ref.dataset).asset_name
-
-
-def recipe_sources(recipe: Recipe) -> dict[str, SourceUse]:
-    """Every dataset the recipe reads, keyed by dataset name."""
-    uses = {}
-    for kind in recipe.chain.mixtures:
-        mixture = getattr(recipe.mixtures, kind.name)
-        for ref in mixture.sources if mixture is not None else ():
-            uses[ref.dataset] = SourceUse(ref, mixture.seed)
-    return uses
-
-
 def source_versions(recipe: Recipe) -> tuple[dict[str, str], dict[str, str]]:
     """Each dataset's version (Hub commit or content hash) as the recipe reads it, and the datasets whose
     version cannot be determined now with the reason (e.g. the Hub unreachable for an unpinned source)."""
@@ -116,18 +100,6 @@ def source_versions(recipe: Recipe) -> tuple[dict[str, str], dict[str, str]]:
         except SourceError as error:
             errors[name] = str(error)
     return versions, errors
-
-
-def node_sources(recipe: Recipe, node: str) -> list[SourceUse]:
-    """The sources a node reads directly: its mixture's, or all of them for a trained tokenizer."""
-    uses = recipe_sources(recipe)
-    if node == "tokenizer":
-        return list(uses.values()) if recipe.tokenizer.source == "train_bpe" else []
-    for kind in recipe.chain.mixtures:
-        if node == kind.asset:
-            mixture = getattr(recipe.mixtures, kind.name)
-            return [uses[ref.dataset] for ref in mixture.sources] if mixture is not None else []
-    return []
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from doge_dagster.data.registry import DATASETS
+from doge_dagster.registry import DATASETS
 
 log = logging.getLogger(__name__)
 

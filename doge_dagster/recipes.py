@@ -9,6 +9,7 @@ file, the field path and the fix.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -20,7 +21,6 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError, create_model, model_validator
 
-from doge_dagster.data.registry import DATASETS
 from doge_dagster.recipe_sections import (
     EvalRecipe,
     LaunchRecipe,
@@ -31,6 +31,7 @@ from doge_dagster.recipe_sections import (
     Strict,
     TokenizerRecipe,
 )
+from doge_dagster.registry import DATASETS, dataset_spec
 from doge_dagster.stages import CHAIN, Chain
 
 __all__ = ["LaunchRecipe", "MixtureRecipe", "Recipe", "RecipeError", "SourceRef", "StageRecipe"]
@@ -255,3 +256,39 @@ def overrides_from_tags(tags: dict[str, str]) -> dict[str, str]:
         for key, value in tags.items()
         if key.startswith(OVERRIDE_TAG_PREFIX)
     }
+
+
+# -- which datasets a recipe reads ----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class SourceUse:
+    """A dataset as a recipe uses it, with the seed its generated rows (if any) come from."""
+
+    ref: SourceRef
+    seed: int
+
+    @property
+    def asset_name(self) -> str:
+        """The observable source asset this use belongs to."""
+        return dataset_spec(self.ref.dataset).asset_name
+
+
+def recipe_sources(recipe: Recipe) -> dict[str, SourceUse]:
+    """Every dataset the recipe reads, keyed by dataset name."""
+    uses = {}
+    for kind in recipe.chain.mixtures:
+        mixture = getattr(recipe.mixtures, kind.name)
+        for ref in mixture.sources if mixture is not None else ():
+            uses[ref.dataset] = SourceUse(ref, mixture.seed)
+    return uses
+
+
+def node_sources(recipe: Recipe, node: str) -> list[SourceUse]:
+    """The sources a node reads directly: its mixture's, or all of them for a trained tokenizer."""
+    uses = recipe_sources(recipe)
+    if node == "tokenizer":
+        return list(uses.values()) if recipe.tokenizer.source == "train_bpe" else []
+    for kind in recipe.chain.mixtures:
+        if node == kind.asset:
+            mixture = getattr(recipe.mixtures, kind.name)
+            return [uses[ref.dataset] for ref in mixture.sources] if mixture is not None else []
+    return []

@@ -23,17 +23,18 @@ import importlib
 import os
 from dataclasses import dataclass, field
 
-from doge_dagster.data.registry import DatasetKind
-from doge_dagster.evaluation.report import GATE_NAMES
+from doge_dagster.model_checks import TRAINING_CHECKS
 from doge_dagster.recipe_sections import GRPOStage, PretrainStage, StageRecipe
-from doge_dagster.training.checks import TRAINING_CHECKS
-from doge_dagster.training.contract import StageTrainer, overrides
+from doge_dagster.registry import DatasetKind
+from doge_dagster.trainer_contract import StageTrainer, overrides
 
 EXTRA_STAGES_ENV = "DOGE_EXTRA_STAGES"
 MIXTURE_CHECKS = ("ratios_within_tolerance", "no_empty_split", "schema")
 PACKED_CHECKS = ("token_ids_below_vocab",)
 MODEL_CHECKS = ("vocab_matches_tokenizer", "loads_and_generates")
 CHAT_MODEL_CHECKS = ("loss_finite_and_falling", *MODEL_CHECKS, "chat_template_reply")
+# The gates a report can declare, in the order reports list them (`evaluation.report.gate_checks` computes them).
+GATE_NAMES = ("scores_valid", "no_regression", "format_rate")
 
 
 class ChainError(ValueError):

@@ -11,9 +11,9 @@ import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from assets.partitions import RECIPE_PARTITIONS
-from doge_dagster.data.registry import DATASETS
 from doge_dagster.plan import source_versions
 from doge_dagster.recipes import OVERRIDE_TAG_PREFIX, RecipeError, content_version, load_recipe
+from doge_dagster.registry import DATASETS
 from doge_dagster.stages import CHAIN
 from jobs.pipelines import full_pipeline
 from resources.artifact_store import ArtifactStoreResource

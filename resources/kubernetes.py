@@ -40,14 +40,59 @@ import shlex
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
+from pydantic import Field
 
 from doge_dagster.launching.command import LaunchError, accelerate_command
 from doge_dagster.launching.spec import SPEC_ENV_PREFIX, SPEC_ENV_VAR, LaunchSpec
 from doge_dagster.recipes import PROJECT_ROOT, LaunchRecipe
-from resources.compute import KubernetesSettings
+
+
+class SecretKeyRef(dg.Config):
+    """One key of a Kubernetes Secret, passed to the pods by reference (`valueFrom.secretKeyRef`)."""
+
+    name: str = Field(description="Name of the Secret in the pods' namespace.")
+    key: str = Field(description="Key inside the Secret.")
+
+
+class Toleration(dg.Config):
+    """A pod toleration (e.g. of the GPU nodes' taint)."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: str | None = Field(default=None, description="NoSchedule, PreferNoSchedule or NoExecute (empty: all effects).")
+    toleration_seconds: int | None = None
+
+
+class KubernetesSettings(dg.Config):
+    """How to run pods: namespace, image, service account and how long to wait for a pod.
+
+    Secrets reach the pods only by reference: `secret_env` (one variable per Secret key) and
+    `env_from_secrets` (every key of a Secret); a secret-looking variable with a literal value is
+    never written into a pod spec (see resources/kubernetes.py).
+    """
+
+    namespace: str = Field(default="default", description="Namespace of the training pods.")
+    image: str | None = Field(default=None, description="Default image when the recipe names none.")
+    service_account: str | None = Field(default=None, description="Service account of the pods.")
+    pod_wait_timeout_s: float = Field(default=7 * 24 * 3600, description="Longest wait for a pod (multi-day runs).")
+    python: str = Field(default="python", description="Python interpreter inside the image.")
+    project_dir: str = Field(default="/app", description="The project checkout inside the image (working directory; accelerate configs).")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Cluster-wide node selector; the recipe's launch.node_selector wins.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Pod tolerations, e.g. of a GPU taint.")
+    secret_env: dict[str, SecretKeyRef] = Field(default_factory=dict, description="Env var name -> Secret key, e.g. AWS_SECRET_ACCESS_KEY.")
+    env_from_secrets: list[str] = Field(default_factory=list, description="Secrets whose every key becomes an env var (envFrom).")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets for pulling the image.")
+    shm_size: str | None = Field(default=None, description="Size limit of the in-memory /dev/shm volume (e.g. 16Gi).")
+    scratch_volume_claim: str | None = Field(default=None, description="PVC for checkpoints (resume across pods); default an emptyDir.")
+    main_process_port: int = Field(default=29500, description="Rendezvous port of multi-node launches.")
+    poll_interval_s: float = Field(default=10.0, description="Seconds between pod state polls.")
+    kubeconfig_file: str | None = Field(default=None, description="kubeconfig (default: in-cluster config or ~/.kube/config).")
+    kube_context: str | None = Field(default=None, description="kubeconfig context.")
+
 
 CONTAINER_NAME = "dagster-pipes-execution"  # PipesK8sClient's name for the first container
 SHM_VOLUME = "dshm"

@@ -17,10 +17,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+from pydantic import Field
 
 from doge_dagster.launching.command import accelerate_command
 from doge_dagster.launching.spec import LaunchSpec
 from doge_dagster.recipes import PROJECT_ROOT, LaunchRecipe
+
+
+class SlurmSettings(dg.Config):
+    """How to reach Slurm: the folder shared by the Dagster host and the nodes, polling, extra sbatch lines."""
+
+    shared_dir: str = Field(default="/tmp/doge-slurm", description="Folder on the shared filesystem for scripts, logs and Pipes files.")
+    poll_interval_s: float = Field(default=2.0, description="Seconds between job state polls.")
+    python: str | None = Field(default=None, description="Python on the nodes (default: this interpreter).")
+    partition: str | None = Field(default=None, description="Partition when the recipe names none (default: the cluster's).")
+    account: str | None = Field(default=None, description="Account when the recipe names none.")
+    sbatch_extra: list[str] = Field(default_factory=list, description="Site-wide #SBATCH options (e.g. --qos=high), before the recipe's.")
+    chdir: str | None = Field(default=None, description="Working directory of the job on the nodes (default: the project root).")
+    main_process_port: int = Field(default=29500, description="Rendezvous port of multi-node launches on the first node.")
+
 
 # Every other state ends the job; only COMPLETED counts as success (FAILED, CANCELLED, TIMEOUT, NODE_FAIL, ...).
 RUNNING = set("PENDING CONFIGURING RUNNING COMPLETING SUSPENDED REQUEUED REQUEUE_HOLD RESIZING STAGE_OUT".split())  # noqa: SIM905

@@ -324,9 +324,9 @@ def test_tokenizer_path_that_is_not_a_hub_id_does_not_go_online(tmp_path, recipe
 @pytest.fixture(scope="module")
 def saved_tokenizer(tmp_path_factory) -> Path:
     from doge_dagster.data.generated import generate_rows
-    from doge_dagster.data.registry import DATASETS
     from doge_dagster.data.tokenizer import train_bpe, training_texts
     from doge_dagster.recipes import TokenizerRecipe
+    from doge_dagster.registry import DATASETS
 
     folder = tmp_path_factory.mktemp("tokenizer")
     texts = training_texts([generate_rows(name, 200, seed=1) for name in DATASETS])

@@ -18,7 +18,7 @@ from doge_dagster.data.generated import (
     is_two_digit_problem,
     write_hub_layout,
 )
-from doge_dagster.data.registry import DATASETS
+from doge_dagster.registry import DATASETS
 
 EQUATION = re.compile(r"(\d+) ([+-]) (\d+) = (\d+)")
 EXPRESSION = re.compile(r"(\d+) ([+-]) (\d+)")

@@ -22,12 +22,13 @@ from helpers import program_command, program_env
 pytest.importorskip("dagster_k8s")
 import kubernetes
 from dagster_k8s.pipes import build_pod_body
+
 from doge_dagster.launching.command import LaunchError
 from doge_dagster.launching.spec import SPEC_ENV_VAR, LaunchSpec
-
 from doge_dagster.recipes import PROJECT_ROOT, LaunchRecipe
 from resources import kubernetes as k8s
-from resources.compute import ComputeResource, KubernetesSettings, SecretKeyRef, Toleration
+from resources.compute import ComputeResource
+from resources.kubernetes import KubernetesSettings, SecretKeyRef, Toleration
 
 ACCESS_KEY = "AKIAK8STESTLITERAL0042"
 SECRET_KEY = "k8s-literal-secret-value-3b1f9d"

@@ -278,7 +278,7 @@ def test_stage_spec_default_env_roundtrips(tmp_path):
 )
 def test_each_stage_names_its_asset_parent_model_and_mixture(stage, asset, parent, mixture, tmp_path):
     from doge_dagster.artifacts import ArtifactStore
-    from doge_dagster.training.contract import StageContext
+    from doge_dagster.trainer_contract import StageContext
     from doge_dagster.training.runner import parent_asset
 
     recipe = tiny_recipe()
@@ -344,7 +344,7 @@ def test_accelerates_loader_rejects_an_unknown_key(tmp_path):
 def stage_args(stage: str, tmp_path: Path, edits: dict | None = None):
     """The trainer config `runner.build_args` makes for `stage` of the (edited) tiny recipe."""
     from doge_dagster.artifacts import ArtifactStore
-    from doge_dagster.training.contract import StageContext
+    from doge_dagster.trainer_contract import StageContext
     from doge_dagster.training.runner import build_args
 
     recipe = tiny_recipe(edits)

@@ -21,10 +21,10 @@ from doge_dagster.data.mixing import (
     mix_datasets_by_ratio,
     split_counts,
 )
-from doge_dagster.data.registry import DATASETS
 from doge_dagster.data.sources import open_source
 from doge_dagster.data.tokenizer import train_bpe, training_texts
 from doge_dagster.recipes import SourceRef, TokenizerRecipe
+from doge_dagster.registry import DATASETS
 
 PRETRAIN_RATIOS = {"fineweb-edu": 0.7, "cosmopedia-v2": 0.2, "python-edu": 0.05, "finemath": 0.05}
 TOTAL_TOKENS = 60_000

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from doge_dagster.data.registry import DATASETS
 from doge_dagster.plan import plan_versions
 from doge_dagster.recipes import (
     RECIPES_DIR,
@@ -20,6 +19,7 @@ from doge_dagster.recipes import (
     load_recipe,
     parse_recipe,
 )
+from doge_dagster.registry import DATASETS
 
 TINY = RECIPES_DIR / "tiny.yaml"
 SIZES = ("20M", "60M", "160M", "320M")

@@ -22,8 +22,16 @@ from helpers import program_command, program_env
 from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
 from doge_dagster.recipes import PROJECT_ROOT, LaunchRecipe
-from resources.compute import SlurmSettings
-from resources.slurm import LogTail, SlurmError, SlurmJob, jobcomp_status, render_script, submit, wait_for_job
+from resources.slurm import (
+    LogTail,
+    SlurmError,
+    SlurmJob,
+    SlurmSettings,
+    jobcomp_status,
+    render_script,
+    submit,
+    wait_for_job,
+)
 
 INJECTION = "x; touch {marker}; $(touch {marker}) `touch {marker}` '\"; touch {marker}"
 

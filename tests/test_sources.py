@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from doge_dagster.data.generated import arrow_schema, generate_rows, write_hub_layout
-from doge_dagster.data.registry import DATASETS
 from doge_dagster.data.sources import (
     SourceError,
     folder_fingerprint,
@@ -18,6 +17,7 @@ from doge_dagster.data.sources import (
     source_fingerprint,
 )
 from doge_dagster.recipes import SourceRef
+from doge_dagster.registry import DATASETS
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 

@@ -131,7 +131,7 @@ def test_the_extra_section_is_validated_like_any_stage():
 def test_the_extra_trainer_hooks_reach_the_trainer_config(tmp_path):
     from doge_dagster.artifacts import ArtifactStore
     from doge_dagster.launching.spec import LaunchSpec
-    from doge_dagster.training.contract import StageContext
+    from doge_dagster.trainer_contract import StageContext
     from doge_dagster.training.runner import build_args
 
     recipe = extended_recipe()

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from doge_dagster.data.mixing import MixtureStats, formatter_for, mix_datasets_by_ratio
-from doge_dagster.data.registry import dataset_spec
 from doge_dagster.data.sources import open_source
 from doge_dagster.data.tokenizer import check_against_model, load_tokenizer, train_bpe, training_texts
-from doge_dagster.plan import node_sources
-from doge_dagster.recipes import Recipe
+from doge_dagster.recipes import Recipe, node_sources
+from doge_dagster.registry import dataset_spec
 from doge_dagster.stages import Mixture
 
 STATS_FILE = "mixture_stats.json"

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from doge_dagster.data.registry import dataset_spec
+from doge_dagster.registry import dataset_spec
 
 if TYPE_CHECKING:
     import pyarrow as pa

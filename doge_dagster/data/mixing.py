@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
-from doge_dagster.data.registry import dataset_spec
+from doge_dagster.registry import dataset_spec
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict

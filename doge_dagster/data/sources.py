@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from doge_dagster.data.registry import DatasetSpec, dataset_spec
 from doge_dagster.recipes import SourceRef, content_version
+from doge_dagster.registry import DatasetSpec, dataset_spec
 
 if TYPE_CHECKING:
     from datasets import IterableDataset

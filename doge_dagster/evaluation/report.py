@@ -18,8 +18,6 @@ PUBLISHED_BASE_SCORES: dict[str, dict[str, float]] = {
     "320M": {"mmlu": 35.6, "arc": 55.4, "piqa": 73.9, "hellaswag": 52.7, "winogrande": 59.3},
 }
 FORMAT_METRIC = "think_format"
-# The gates a report can declare, in the order reports list them (see `gate_checks`).
-GATE_NAMES = ("scores_valid", "no_regression", "format_rate")
 
 Checks = dict[str, tuple[bool, str]]
 

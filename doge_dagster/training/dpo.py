@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from doge_dagster.training.contract import StageContext, StageTrainer
+from doge_dagster.trainer_contract import StageContext, StageTrainer
 
 
 class DPOStageTrainer(StageTrainer):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from doge_dagster.trainer_contract import StageContext, StageTrainer
 from doge_dagster.training import rewards
-from doge_dagster.training.contract import StageContext, StageTrainer
 
 
 class GRPOStageTrainer(StageTrainer):

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from doge_dagster.training.contract import StageContext, StageTrainer
+from doge_dagster.trainer_contract import StageContext, StageTrainer
 
 STABLE_DIR = "stable"
 

@@ -1,7 +1,7 @@
 """The one runner every training stage shares: load inputs, build the model, train (resuming), save, check, publish.
 
 What differs between stages is in their records (`doge_dagster.stages`) and their trainer classes
-(`doge_dagster.training.contract.StageTrainer`): how to build the model and the trainer, extra callbacks.
+(`doge_dagster.trainer_contract.StageTrainer`): how to build the model and the trainer, extra callbacks.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 from doge_dagster.artifacts import ArtifactStore
 from doge_dagster.launching.reporting import Reporter, global_rank, run_entrypoint
 from doge_dagster.launching.spec import LaunchSpec
+from doge_dagster.model_checks import TrainedModel, run_checks
 from doge_dagster.recipes import parse_recipe
 from doge_dagster.stages import chain_for
-from doge_dagster.training.checks import TrainedModel, run_checks
-from doge_dagster.training.contract import StageContext, StageTrainer
+from doge_dagster.trainer_contract import StageContext, StageTrainer
 from doge_dagster.training.progress import progress_callback
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from doge_dagster.stages import Stage
-from doge_dagster.training.contract import StageContext
+from doge_dagster.trainer_contract import StageContext
 from doge_dagster.training.sft import SFTStageTrainer
 
 SECOND_PASS_LEARNING_RATE = 2.0e-4

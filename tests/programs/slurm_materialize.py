@@ -27,7 +27,8 @@ def materialize(args: dict[str, Any]) -> dict[str, Any]:
     from assets.data import DATA_ASSETS
     from assets.training import TRAINING_ASSET_DEFS
     from resources.artifact_store import ArtifactStoreResource
-    from resources.compute import ComputeResource, SlurmSettings
+    from resources.compute import ComputeResource
+    from resources.slurm import SlurmSettings
 
     slurm = SlurmSettings(shared_dir=args["shared_dir"], poll_interval_s=0.5)
     compute = ComputeResource(backend=args["backend"], slurm=slurm, env=args.get("env", {}))
