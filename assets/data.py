@@ -2,16 +2,16 @@
 
 import dagster as dg
 
-from assets.partitions import RECIPE_PARTITIONS
-from assets.sources import SOURCE_ASSETS
+from assets.partitions import recipe_partitions
+from assets.sources import build_source_assets
 from assets.versioned import BuildContext, BuildOutput, materialize_versioned, node_code_version
 from doge_dagster.evaluation.report import markdown_table
-from doge_dagster.plan import NODES
+from doge_dagster.plan import TOKENIZER
+from doge_dagster.recipes import RecipeFolder
 from doge_dagster.registry import DATASETS
-from doge_dagster.stages import CHAIN, Mixture
+from doge_dagster.stages import Mixture
 from resources.artifact_store import ArtifactStoreResource
 
-PARTITIONS = RECIPE_PARTITIONS.get_partition_keys()
 SOURCE_KEY = {spec.name: dg.AssetKey(spec.asset_name) for spec in DATASETS.values()}
 TOKENIZER_CHECKS = ("matches_model_recipe", "think_tokens_not_special")
 
@@ -33,23 +33,28 @@ def _build_tokenizer(build: BuildContext) -> BuildOutput:
     )
 
 
-@dg.asset(
-    name="tokenizer",
-    group_name="data",
-    partitions_def=RECIPE_PARTITIONS,
-    deps=list(SOURCE_KEY.values()),
-    code_version=node_code_version("tokenizer", PARTITIONS),
-    description=NODES["tokenizer"].description,
-    check_specs=[dg.AssetCheckSpec(name, asset="tokenizer", blocking=True) for name in TOKENIZER_CHECKS],
-    kinds={"huggingface"},
-)
-def tokenizer(context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResource) -> dg.MaterializeResult:
-    """Train a byte-level BPE on the recipe's sources (tiny) or load the recipe's tokenizer (real sizes),
-    then add the chat template with generation markers and `<think>` tokens that are not special."""
-    return materialize_versioned(context, artifact_store, "tokenizer", _build_tokenizer)
+def build_tokenizer_asset(recipes: RecipeFolder) -> dg.AssetsDefinition:
+    """The `tokenizer` asset of the recipes' partitions."""
+
+    @dg.asset(
+        name=TOKENIZER.name,
+        group_name=TOKENIZER.group,
+        partitions_def=recipe_partitions(recipes),
+        deps=list(SOURCE_KEY.values()),
+        code_version=node_code_version(TOKENIZER.name, recipes),
+        description=TOKENIZER.description,
+        check_specs=[dg.AssetCheckSpec(name, asset=TOKENIZER.name, blocking=True) for name in TOKENIZER_CHECKS],
+        kinds={"huggingface"},
+    )
+    def tokenizer(context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResource) -> dg.MaterializeResult:
+        """Train a byte-level BPE on the recipe's sources (tiny) or load the recipe's tokenizer (real sizes),
+        then add the chat template with generation markers and `<think>` tokens that are not special."""
+        return materialize_versioned(context, artifact_store, TOKENIZER.name, _build_tokenizer, recipes)
+
+    return tokenizer
 
 
-def build_mixture_asset(kind: Mixture) -> dg.AssetsDefinition:
+def build_mixture_asset(kind: Mixture, recipes: RecipeFolder) -> dg.AssetsDefinition:
     """The `<name>_mixture` asset: sources of the mixture's dataset kind mixed by ratio, train/test splits."""
     name = kind.asset
     sources = sorted({spec.name for spec in DATASETS.values() if spec.kind == kind.dataset_kind})
@@ -84,22 +89,24 @@ def build_mixture_asset(kind: Mixture) -> dg.AssetsDefinition:
     @dg.asset(
         name=name,
         group_name="data",
-        partitions_def=RECIPE_PARTITIONS,
+        partitions_def=recipe_partitions(recipes),
         deps=["tokenizer", *(SOURCE_KEY[source] for source in sources)],
-        code_version=node_code_version(name, PARTITIONS),
+        code_version=node_code_version(name, recipes),
         description=kind.description,
         check_specs=[dg.AssetCheckSpec(check, asset=name, blocking=True) for check in kind.checks],
         kinds={"huggingface"},
         # Pretraining, the longest stage, waits on this mixture alone: build it first when steps queue
         # (training stages carry the same priority).
-        op_tags={"dagster/priority": str(1 if kind.name == CHAIN.root_stage().mixture else 0)},
+        op_tags={"dagster/priority": str(1 if kind.name == recipes.chain.root_stage().mixture else 0)},
     )
     def mixture_asset(context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResource) -> dg.MaterializeResult:
         """Mix the mixture's sources by ratio into a `DatasetDict` saved with `save_to_disk`."""
-        return materialize_versioned(context, artifact_store, name, build)
+        return materialize_versioned(context, artifact_store, name, build, recipes)
 
     return mixture_asset
 
 
-MIXTURE_ASSETS = [build_mixture_asset(kind) for kind in CHAIN.mixtures]
-DATA_ASSETS = [*SOURCE_ASSETS, tokenizer, *MIXTURE_ASSETS]
+def build_data_assets(recipes: RecipeFolder) -> list:
+    """The source assets, the tokenizer and one asset per mixture of the recipes' chain."""
+    mixtures = [build_mixture_asset(kind, recipes) for kind in recipes.chain.mixtures]
+    return [*build_source_assets(recipes), build_tokenizer_asset(recipes), *mixtures]

@@ -15,14 +15,14 @@ condition, so no upstream change starts training by itself. The conditions act o
 import dagster as dg
 
 from assets.launching import launch_on_compute
-from assets.partitions import RECIPE_PARTITIONS
+from assets.partitions import recipe_partitions
 from assets.versioned import BuildContext, BuildOutput, materialize_versioned, node_code_version
-from doge_dagster.plan import NODES
-from doge_dagster.stages import CHAIN, Report
+from doge_dagster.plan import chain_nodes
+from doge_dagster.recipes import RecipeFolder
+from doge_dagster.stages import Report
 from resources.artifact_store import ArtifactStoreResource
 from resources.compute import ComputeResource
 
-PARTITIONS = RECIPE_PARTITIONS.get_partition_keys()
 MARKDOWN_KEYS = ("summary", "score_table", "comparison_table")
 
 
@@ -37,17 +37,17 @@ def with_markdown(result: dg.MaterializeResult) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata=metadata, data_version=result.data_version, check_results=result.check_results)
 
 
-def build_evaluation_asset(report: Report) -> dg.AssetsDefinition:
+def build_evaluation_asset(report: Report, recipes: RecipeFolder) -> dg.AssetsDefinition:
     """The report asset of `report`, launched on the `compute` resource."""
     name = report.asset
-    node = NODES[name]
+    node = chain_nodes(recipes.chain)[name]
 
     @dg.asset(
         name=name,
         group_name=node.group,
-        partitions_def=RECIPE_PARTITIONS,
+        partitions_def=recipe_partitions(recipes),
         deps=list(node.upstream),
-        code_version=node_code_version(name, PARTITIONS),
+        code_version=node_code_version(name, recipes),
         description=node.description,
         check_specs=[dg.AssetCheckSpec(check, asset=name, blocking=True) for check in report.checks],
         pool="gpu",
@@ -65,9 +65,11 @@ def build_evaluation_asset(report: Report) -> dg.AssetsDefinition:
                 context, artifact_store, compute, build, report.name, name, launch_recipe, "doge_dagster.evaluation"
             )
 
-        return with_markdown(materialize_versioned(context, artifact_store, name, launch, publishes_itself=True))
+        return with_markdown(materialize_versioned(context, artifact_store, name, launch, recipes, publishes_itself=True))
 
     return evaluation_asset
 
 
-EVALUATION_ASSET_DEFS = [build_evaluation_asset(report) for report in CHAIN.reports]
+def build_evaluation_assets(recipes: RecipeFolder) -> list[dg.AssetsDefinition]:
+    """One report asset per report of the recipes' chain."""
+    return [build_evaluation_asset(report, recipes) for report in recipes.chain.reports]

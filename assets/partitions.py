@@ -1,7 +1,10 @@
-"""One static partition per recipe in `recipes/`: every stage asset of a family shares its partition key."""
+"""One static partition per recipe of the code location's recipes folder: every asset of a family shares its key."""
 
 import dagster as dg
 
-from doge_dagster.recipes import available_recipes
+from doge_dagster.recipes import RecipeFolder
 
-RECIPE_PARTITIONS = dg.StaticPartitionsDefinition(available_recipes())
+
+def recipe_partitions(recipes: RecipeFolder) -> dg.StaticPartitionsDefinition:
+    """A partition per recipe file (tiny first)."""
+    return dg.StaticPartitionsDefinition(recipes.names())

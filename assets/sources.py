@@ -4,28 +4,28 @@ import warnings
 
 import dagster as dg
 
-from assets.partitions import RECIPE_PARTITIONS
+from assets.partitions import recipe_partitions
 from doge_dagster.plan import source_versions
-from doge_dagster.recipes import RecipeError, load_recipe
+from doge_dagster.recipes import RecipeError, RecipeFolder
 from doge_dagster.registry import DATASETS, DatasetSpec
 
 
-def build_source_asset(spec: DatasetSpec) -> dg.SourceAsset:
+def build_source_asset(spec: DatasetSpec, recipes: RecipeFolder) -> dg.SourceAsset:
     """An observable source asset for `spec`, versioned per recipe partition."""
 
     @dg.observable_source_asset(
         name=spec.asset_name,
         group_name="sources",
-        partitions_def=RECIPE_PARTITIONS,
+        partitions_def=recipe_partitions(recipes),
         description=f"{spec.description} Hub: {spec.hub_id} ({spec.config or 'default'}, {spec.split}). "
         "Each recipe reads it from the Hub, a local folder or generated data; observing records its version.",
         metadata={"hub_id": spec.hub_id, "config": spec.config or "default", "kind": spec.kind},
     )
     def observe(context: dg.AssetExecutionContext) -> dg.DataVersionsByPartition:
         versions = {}
-        for partition in RECIPE_PARTITIONS.get_partition_keys():
+        for partition in recipes.names():
             try:
-                found, errors = source_versions(load_recipe(partition))
+                found, errors = source_versions(recipes.load(partition))
             except RecipeError as error:  # one invalid recipe must not hide the other partitions' versions
                 context.log.warning(f"{spec.name}[{partition}]: {error}")
                 continue
@@ -38,7 +38,9 @@ def build_source_asset(spec: DatasetSpec) -> dg.SourceAsset:
     return observe
 
 
-with warnings.catch_warnings():
-    # observable_source_asset is beta in Dagster 1.13; the API we use is the documented one.
-    warnings.simplefilter("ignore", dg.BetaWarning)
-    SOURCE_ASSETS = [build_source_asset(spec) for spec in DATASETS.values()]
+def build_source_assets(recipes: RecipeFolder) -> list[dg.SourceAsset]:
+    """One observable source asset per seed dataset."""
+    with warnings.catch_warnings():
+        # observable_source_asset is beta in Dagster 1.13; the API we use is the documented one.
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return [build_source_asset(spec, recipes) for spec in DATASETS.values()]

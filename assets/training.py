@@ -10,33 +10,32 @@ runs show the same metadata.
 import dagster as dg
 
 from assets.launching import launch_on_compute
-from assets.partitions import RECIPE_PARTITIONS
+from assets.partitions import recipe_partitions
 from assets.versioned import BuildContext, BuildOutput, materialize_versioned, node_code_version
 from doge_dagster.launching.command import LaunchError
-from doge_dagster.plan import NODES
-from doge_dagster.stages import CHAIN, Stage
+from doge_dagster.plan import chain_nodes
+from doge_dagster.recipes import RecipeFolder
+from doge_dagster.stages import Stage
 from doge_dagster.training.validation import validate_stage
 from resources.artifact_store import ArtifactStoreResource
 from resources.compute import ComputeResource
 
-PARTITIONS = RECIPE_PARTITIONS.get_partition_keys()
 
-
-def build_training_asset(stage: Stage) -> dg.AssetsDefinition:
+def build_training_asset(stage: Stage, recipes: RecipeFolder) -> dg.AssetsDefinition:
     """The model asset of `stage`, launched on the `compute` resource.
 
     The reports in `stage.gated_by` are Dagster deps only (not in the plan, so versions do not change):
     a failing blocking check there stops the stage.
     """
-    node = NODES[stage.asset]
-    gates = [CHAIN.report(name).asset for name in stage.gated_by]
+    node = chain_nodes(recipes.chain)[stage.asset]
+    gates = [recipes.chain.report(name).asset for name in stage.gated_by]
 
     @dg.asset(
         name=stage.asset,
         group_name=node.group,
-        partitions_def=RECIPE_PARTITIONS,
+        partitions_def=recipe_partitions(recipes),
         deps=[*node.upstream, *gates],
-        code_version=node_code_version(stage.asset, PARTITIONS),
+        code_version=node_code_version(stage.asset, recipes),
         description=node.description,
         check_specs=[dg.AssetCheckSpec(check, asset=stage.asset, blocking=True) for check in stage.checks],
         pool="gpu",
@@ -59,9 +58,11 @@ def build_training_asset(stage: Stage) -> dg.AssetsDefinition:
                 context, artifact_store, compute, build, stage.name, stage.asset, launch_recipe, "doge_dagster.training"
             )
 
-        return materialize_versioned(context, artifact_store, stage.asset, launch, publishes_itself=True)
+        return materialize_versioned(context, artifact_store, stage.asset, launch, recipes, publishes_itself=True)
 
     return training_asset
 
 
-TRAINING_ASSET_DEFS = [build_training_asset(stage) for stage in CHAIN.stages]
+def build_training_assets(recipes: RecipeFolder) -> list[dg.AssetsDefinition]:
+    """One model asset per stage of the recipes' chain."""
+    return [build_training_asset(stage, recipes) for stage in recipes.chain.stages]

@@ -16,15 +16,14 @@ from typing import Any
 import dagster as dg
 
 from doge_dagster.artifacts import ArtifactStore, Manifest
-from doge_dagster.plan import NODES, Planned, ancestry, plan_versions
+from doge_dagster.plan import Planned, ancestry, chain_nodes, plan_versions
 from doge_dagster.recipes import (
     Recipe,
     RecipeError,
+    RecipeFolder,
     apply_overrides,
     content_version,
-    load_recipe,
     overrides_from_tags,
-    recipe_path,
 )
 from resources.artifact_store import ArtifactStoreResource
 
@@ -56,7 +55,7 @@ class BuildOutput:
 Builder = Callable[[BuildContext], BuildOutput]
 
 
-def node_code_version(node_name: str, partitions: list[str]) -> str:
+def node_code_version(node_name: str, recipes: RecipeFolder) -> str:
     """Dagster code version: the code versions and recipe sections of the node and of every node upstream,
     across every partition.
 
@@ -65,30 +64,31 @@ def node_code_version(node_name: str, partitions: list[str]) -> str:
     but not the stages that will be retrained after it. With them, the UI shows the whole affected
     downstream as unsynced as soon as the recipe changes, exactly the artifacts whose version changes.
     """
-    lineage = ancestry(node_name)
+    nodes = chain_nodes(recipes.chain)
+    lineage = ancestry(node_name, nodes)
     sections = []
-    for partition in partitions:
+    for partition in recipes.names():
         try:
-            recipe = load_recipe(partition)
-            sections.append([[recipe.section(path) for path in NODES[name].sections] for name in lineage])
+            recipe = recipes.load(partition)
+            sections.append([[recipe.section(path) for path in nodes[name].sections] for name in lineage])
         except RecipeError:
             # An invalid recipe must not stop the code location from loading: only materializing its
             # partition fails, with the recipe's error. Its raw text stands in for the sections.
-            sections.append({"invalid_recipe": _raw_recipe_text(partition)})
-    code_versions = [NODES[name].code_version for name in lineage]
-    return f"{NODES[node_name].code_version}-{content_version([code_versions, sections])}"
+            sections.append({"invalid_recipe": _raw_recipe_text(recipes, partition)})
+    code_versions = [nodes[name].code_version for name in lineage]
+    return f"{nodes[node_name].code_version}-{content_version([code_versions, sections])}"
 
 
-def _raw_recipe_text(partition: str) -> str:
+def _raw_recipe_text(recipes: RecipeFolder, partition: str) -> str:
     try:
-        return recipe_path(partition).read_text(errors="replace")
+        return recipes.path(partition).read_text(errors="replace")
     except OSError:
         return ""
 
 
-def run_recipe(context: dg.AssetExecutionContext) -> Recipe:
+def run_recipe(context: dg.AssetExecutionContext, recipes: RecipeFolder) -> Recipe:
     """The partition's recipe with the run's override tags applied (every step of a run sees the same)."""
-    return apply_overrides(load_recipe(context.partition_key), overrides_from_tags(context.run.tags))
+    return apply_overrides(recipes.load(context.partition_key), overrides_from_tags(context.run.tags))
 
 
 def materialize_versioned(
@@ -96,6 +96,7 @@ def materialize_versioned(
     artifact_store: ArtifactStoreResource,
     node_name: str,
     build: Builder,
+    recipes: RecipeFolder,
     publishes_itself: bool = False,
 ) -> dg.MaterializeResult:
     """Materialize `node_name` for the run's partition, reusing a complete artifact of the same version.
@@ -105,10 +106,11 @@ def materialize_versioned(
     """
     started = time.monotonic()
     partition = context.partition_key
-    recipe = run_recipe(context)
+    recipe = run_recipe(context, recipes)
     planned = plan_versions(recipe, nodes=[node_name])[node_name]
     store = artifact_store.get_store()
-    upstream = {parent: store.require(parent, partition, planned.upstream[parent]) for parent in NODES[node_name].upstream}
+    node = chain_nodes(recipe.chain)[node_name]
+    upstream = {parent: store.require(parent, partition, planned.upstream[parent]) for parent in node.upstream}
     upstream_dirs = {} if publishes_itself else {parent: store.local_path(manifest) for parent, manifest in upstream.items()}
     manifest = store.read_manifest(node_name, partition, planned.version)
     cached = manifest is not None

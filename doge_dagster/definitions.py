@@ -6,16 +6,23 @@ S3 root, DOGE_S3_ENDPOINT_URL and DOGE_S3_REGION set the endpoint, and DOGE_S3_A
 DOGE_S3_SECRET_ACCESS_KEY the credentials (read at run time through `dg.EnvVar`, never stored).
 DOGE_COMPUTE_BACKEND picks where training runs (local, slurm, kubernetes); see README "Compute".
 DOGE_MAX_CONCURRENT_STEPS sets how many steps of a run execute at once (see `executor_from_env`).
+DOGE_RECIPES_DIR is the recipes folder (one partition per recipe), DOGE_EXTRA_STAGES adds stages of your own
+(`doge_dagster.stages`), DOGE_RETRAIN_CRON / DOGE_RETRAIN_PARTITIONS configure the retraining schedule.
+`build_definitions` builds the same for any recipes folder and chain.
 """
 
 import os
+from pathlib import Path
 
 import dagster as dg
 
-from assets.data import DATA_ASSETS
-from assets.evaluation import EVALUATION_ASSET_DEFS
-from assets.training import TRAINING_ASSET_DEFS
-from jobs import JOBS, SCHEDULES, SENSORS
+from assets.data import build_data_assets
+from assets.evaluation import build_evaluation_assets
+from assets.training import build_training_assets
+from doge_dagster.recipes import RECIPES_DIR, RecipeFolder
+from doge_dagster.stages import CHAIN, Chain
+from jobs import build_automation, build_jobs
+from jobs.automation import DEFAULT_RETRAIN_CRON, DEFAULT_RETRAIN_PARTITIONS
 from resources import ArtifactStoreResource, ComputeResource
 from resources.kubernetes import KubernetesSettings
 from resources.slurm import SlurmSettings
@@ -91,14 +98,37 @@ def executor_from_env() -> dg.ExecutorDefinition:
     return dg.multiprocess_executor.configured({"max_concurrent": steps}) if steps else dg.multiprocess_executor
 
 
-defs = dg.Definitions(
-    assets=[*DATA_ASSETS, *TRAINING_ASSET_DEFS, *EVALUATION_ASSET_DEFS],
-    jobs=JOBS,
-    schedules=SCHEDULES,
-    sensors=SENSORS,
-    executor=executor_from_env(),
-    resources={
-        "artifact_store": artifact_store_from_env(),
-        "compute": compute_from_env(),
-    },
+def build_definitions(
+    recipes_dir: Path | str = RECIPES_DIR,
+    chain: Chain = CHAIN,
+    artifact_store: ArtifactStoreResource | None = None,
+    compute: ComputeResource | None = None,
+    executor: dg.ExecutorDefinition | None = None,
+    retrain_cron: str = DEFAULT_RETRAIN_CRON,
+    retrain_partitions: tuple[str, ...] | list[str] = DEFAULT_RETRAIN_PARTITIONS,
+) -> dg.Definitions:
+    """The code location for one recipes folder (a partition per recipe) and one chain of stages.
+
+    Every asset, job, schedule and sensor is built from the chain's records and the folder's recipes; the
+    resources default to the environment's (DOGE_* variables), so a test or a script can build the definitions
+    of any recipes folder in its own process. The module-level `defs` is this with the environment's settings.
+    """
+    recipes = RecipeFolder(Path(recipes_dir), chain)
+    schedules, sensors = build_automation(recipes, retrain_cron, retrain_partitions)
+    return dg.Definitions(
+        assets=[*build_data_assets(recipes), *build_training_assets(recipes), *build_evaluation_assets(recipes)],
+        jobs=build_jobs(recipes),
+        schedules=schedules,
+        sensors=sensors,
+        executor=executor or executor_from_env(),
+        resources={
+            "artifact_store": artifact_store or artifact_store_from_env(),
+            "compute": compute or compute_from_env(),
+        },
+    )
+
+
+defs = build_definitions(
+    retrain_cron=os.environ.get("DOGE_RETRAIN_CRON", DEFAULT_RETRAIN_CRON),
+    retrain_partitions=os.environ.get("DOGE_RETRAIN_PARTITIONS", ",".join(DEFAULT_RETRAIN_PARTITIONS)).split(","),
 )

@@ -134,7 +134,7 @@ def content_version(*parts: Any) -> str:
 
 
 def available_recipes(directory: Path | None = None) -> list[str]:
-    """Recipe names found in the recipes folder, in the family's size order (tiny first)."""
+    """Recipe names found in a recipes folder (default: DOGE_RECIPES_DIR), in the family's size order (tiny first)."""
     directory = directory or RECIPES_DIR
     names = [path.stem for path in directory.glob("*.yaml")]
 
@@ -147,40 +147,68 @@ def available_recipes(directory: Path | None = None) -> list[str]:
     return sorted(names, key=size_key)
 
 
+@dataclasses.dataclass(frozen=True)
+class RecipeFolder:
+    """The recipes of one folder read under one chain: the partitions a code location serves.
+
+    A recipe name (`tiny`) resolves to `<directory>/tiny.yaml`; a path to a YAML file is read as is.
+    """
+
+    directory: Path
+    chain: Chain = CHAIN
+
+    def names(self) -> list[str]:
+        """The recipe names in the folder, tiny first."""
+        return available_recipes(self.directory)
+
+    def path(self, name_or_path: str | Path) -> Path:
+        """Resolve a recipe name (`tiny`) or a path to a YAML file."""
+        candidate = Path(name_or_path)
+        if candidate.suffix in (".yaml", ".yml"):
+            return candidate
+        return self.directory / f"{name_or_path}.yaml"
+
+    def load(self, name_or_path: str | Path) -> Recipe:
+        """Load and validate a recipe by name or path; raise `RecipeError` naming file, field and fix."""
+        path = self.path(name_or_path)
+        if not path.is_file():
+            known = ", ".join(self.names()) or "none"
+            raise RecipeError(f"recipe {str(name_or_path)!r} not found at {path}; known recipes: {known}")
+        stat = path.stat()
+        return _load_file(str(path.resolve()), stat.st_mtime_ns, stat.st_size, self.chain)
+
+
+def default_recipes() -> RecipeFolder:
+    """The recipes folder of this environment: DOGE_RECIPES_DIR (default `recipes/`), under the environment's chain."""
+    return RecipeFolder(RECIPES_DIR)
+
+
 def recipe_path(name_or_path: str | Path) -> Path:
-    """Resolve a recipe name (`tiny`) or a path to a YAML file."""
-    candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml"):
-        return candidate
-    return RECIPES_DIR / f"{name_or_path}.yaml"
+    """Resolve a recipe name (`tiny`) of the environment's folder, or a path to a YAML file."""
+    return default_recipes().path(name_or_path)
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
-    """Load and validate a recipe by name or path; raise `RecipeError` naming file, field and fix."""
-    path = recipe_path(name_or_path)
-    if not path.is_file():
-        known = ", ".join(available_recipes()) or "none"
-        raise RecipeError(f"recipe {str(name_or_path)!r} not found at {path}; known recipes: {known}")
-    stat = path.stat()
-    return _load_file(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    """Load and validate a recipe of the environment's folder by name, or any recipe file by path."""
+    return default_recipes().load(name_or_path)
 
 
 @functools.lru_cache(maxsize=64)
-def _load_file(path: str, mtime_ns: int, size: int) -> Recipe:
-    """Parse once per file content (keyed by modification time and size): the code location loads every
-    recipe for every asset's code version, and a recipe is immutable once validated."""
+def _load_file(path: str, mtime_ns: int, size: int, chain: Chain) -> Recipe:
+    """Parse once per file content (keyed by modification time and size) and chain: the code location loads
+    every recipe for every asset's code version, and a recipe is immutable once validated."""
     try:
         raw = yaml.load(Path(path).read_text(), Loader=YAML_LOADER)
     except yaml.YAMLError as error:
         raise RecipeError(f"{path}: malformed YAML: {error}") from None
-    return parse_recipe(raw, source=path)
+    return parse_recipe(raw, source=path, chain=chain)
 
 
 def parse_recipe(raw: Any, source: str = "<recipe>", chain: Chain | None = None) -> Recipe:
     """Validate a recipe from already-parsed YAML data (against `chain`'s sections, default: the environment's)."""
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: a recipe must be a mapping of sections, got {type(raw).__name__}")
-    model = Recipe if chain is None else recipe_model(chain)
+    model = recipe_model(chain or CHAIN)
     try:
         return model.model_validate(raw)
     except ValidationError as error:

@@ -1,9 +1,6 @@
-"""Asset jobs, the retraining schedule and the sensors of doge-dagster."""
+"""Asset jobs, the retraining schedule and the sensors of doge-dagster (built per recipes folder and chain)."""
 
-from jobs.automation import evaluate_new_models, retrain_schedule, run_failure_summary, source_data_sensor
-from jobs.pipelines import JOBS
+from jobs.automation import build_automation
+from jobs.pipelines import build_jobs
 
-SCHEDULES = [retrain_schedule]
-SENSORS = [source_data_sensor, run_failure_summary, evaluate_new_models]
-
-__all__ = ["JOBS", "SCHEDULES", "SENSORS"]
+__all__ = ["build_automation", "build_jobs"]

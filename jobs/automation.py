@@ -5,74 +5,90 @@ only rebuilds data mixtures, and automation conditions exist only on the evaluat
 """
 
 import json
-import os
 
 import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
-from assets.partitions import RECIPE_PARTITIONS
 from doge_dagster.plan import source_versions
-from doge_dagster.recipes import OVERRIDE_TAG_PREFIX, RecipeError, content_version, load_recipe
+from doge_dagster.recipes import OVERRIDE_TAG_PREFIX, RecipeError, RecipeFolder, content_version
 from doge_dagster.registry import DATASETS
-from doge_dagster.stages import CHAIN
-from jobs.pipelines import full_pipeline
+from doge_dagster.stages import Chain
 from resources.artifact_store import ArtifactStoreResource
 
-RETRAIN_CRON = os.environ.get("DOGE_RETRAIN_CRON", "0 3 * * 0")
-RETRAIN_PARTITIONS = os.environ.get("DOGE_RETRAIN_PARTITIONS", "tiny").split(",")
-BASE = CHAIN.root_stage()  # pretraining: the stage that continues from its own latest model
-INIT_FROM_TAG = f"{OVERRIDE_TAG_PREFIX}{BASE.section}.init_from"
+DEFAULT_RETRAIN_CRON = "0 3 * * 0"  # weekly, Sunday 03:00
+DEFAULT_RETRAIN_PARTITIONS = ("tiny",)
 
 
-def retrain_requests(artifact_store: ArtifactStoreResource, partitions: list[str]) -> list[dg.RunRequest]:
+def init_from_tag(chain: Chain) -> str:
+    """The run tag that continues pretraining (the chain's root stage) from a published model."""
+    return f"{OVERRIDE_TAG_PREFIX}{chain.root_stage().section}.init_from"
+
+
+def retrain_requests(artifact_store: ArtifactStoreResource, partitions: list[str], chain: Chain) -> list[dg.RunRequest]:
     """One full-pipeline run per partition, continuing pretraining from its latest published base model."""
+    base = chain.root_stage()
     store = artifact_store.get_store()
     requests = []
     for partition in partitions:
-        latest = store.latest(BASE.asset, partition)
-        tags = {INIT_FROM_TAG: f"{BASE.asset}:{latest.version}"} if latest else {}
+        latest = store.latest(base.asset, partition)
+        tags = {init_from_tag(chain): f"{base.asset}:{latest.version}"} if latest else {}
         requests.append(dg.RunRequest(partition_key=partition, tags=tags))
     return requests
 
 
-@dg.schedule(
-    job=full_pipeline,
-    cron_schedule=RETRAIN_CRON,
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Continue pretraining each partition in DOGE_RETRAIN_PARTITIONS from its latest base model's "
-    "WSD stable-phase snapshot on the current data, then rerun instruct, reason and evaluation. "
-    "Cron from DOGE_RETRAIN_CRON (default weekly). Unchanged stages are cached skips.",
-)
-def retrain_schedule(context: dg.ScheduleEvaluationContext, artifact_store: ArtifactStoreResource):
-    """Request the retraining runs."""
-    return retrain_requests(artifact_store, RETRAIN_PARTITIONS)
+def build_retrain_schedule(chain: Chain, cron: str, partitions: list[str]) -> dg.ScheduleDefinition:
+    """The weekly (`cron`) retraining of `partitions`, stopped by default."""
+
+    @dg.schedule(
+        job_name="full_pipeline",
+        cron_schedule=cron,
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description="Continue pretraining each partition in DOGE_RETRAIN_PARTITIONS from its latest base model's "
+        "WSD stable-phase snapshot on the current data, then rerun instruct, reason and evaluation. "
+        "Cron from DOGE_RETRAIN_CRON (default weekly). Unchanged stages are cached skips.",
+    )
+    def retrain_schedule(context: dg.ScheduleEvaluationContext, artifact_store: ArtifactStoreResource):
+        """Request the retraining runs."""
+        return retrain_requests(artifact_store, partitions, chain)
+
+    return retrain_schedule
 
 
-def partition_source_versions(partition: str) -> dict[str, str] | None:
+def partition_source_versions(recipes: RecipeFolder, partition: str) -> dict[str, str] | None:
     """Each source's version for a partition, as its observable source asset reports it (None when the
     recipe is invalid or a source cannot be checked now: the next tick tries again)."""
     try:
-        versions, errors = source_versions(load_recipe(partition))
+        versions, errors = source_versions(recipes.load(partition))
     except RecipeError:
         return None
     return None if errors else versions
 
 
-@dg.sensor(
-    job_name="data",
-    minimum_interval_seconds=3600,
-    default_status=dg.DefaultSensorStatus.STOPPED,
-    description="Observes every source's data version (Hub commit or content hash) and rebuilds the data "
-    "mixtures of partitions whose sources changed. Training is never started by this sensor.",
-)
-def source_data_sensor(context: dg.SensorEvaluationContext):
-    """Compare each partition's source versions with the cursor; record the changed versions as observations
-    of the source assets (so the UI flags mixtures built on older data) and request data runs."""
-    previous = json.loads(context.cursor) if context.cursor else {}
+def build_source_data_sensor(recipes: RecipeFolder) -> dg.SensorDefinition:
+    """The sensor that observes the sources of every recipe and rebuilds the mixtures of changed ones."""
+
+    @dg.sensor(
+        job_name="data",
+        minimum_interval_seconds=3600,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="Observes every source's data version (Hub commit or content hash) and rebuilds the data "
+        "mixtures of partitions whose sources changed. Training is never started by this sensor.",
+    )
+    def source_data_sensor(context: dg.SensorEvaluationContext):
+        """Compare each partition's source versions with the cursor; record the changed versions as
+        observations of the source assets (so the UI flags mixtures built on older data) and request data runs."""
+        return source_data_tick(recipes, context.cursor)
+
+    return source_data_sensor
+
+
+def source_data_tick(recipes: RecipeFolder, cursor: str | None) -> dg.SensorResult:
+    """One tick of the source-data sensor from its cursor (partition -> version of its sources)."""
+    previous = json.loads(cursor) if cursor else {}
     current = dict(previous)
     requests, observations = [], []
-    for partition in RECIPE_PARTITIONS.get_partition_keys():
-        versions = partition_source_versions(partition)
+    for partition in recipes.names():
+        versions = partition_source_versions(recipes, partition)
         if versions is None:
             continue
         version = content_version(versions)
@@ -146,15 +162,26 @@ def run_failure_summary(context: dg.RunFailureSensorContext, artifact_store: Art
     )
 
 
-evaluate_new_models = dg.AutomationConditionSensorDefinition(
-    "evaluate_new_models",
-    target=dg.AssetSelection.assets(*(report.asset for report in CHAIN.reports)),
-    default_status=dg.DefaultSensorStatus.STOPPED,
-    minimum_interval_seconds=60,
-    description=(
-        "Evaluates the reports' automation conditions: a model (or the report it is compared with) that gets a "
-        "new materialization is evaluated again, per partition. Targets only the three evaluation assets, so "
-        "training never starts from here. Stopped by default; turn it on in the UI (Automation) or with "
-        "`dagster sensor start evaluate_new_models`."
-    ),
-)
+def build_evaluate_new_models(chain: Chain) -> dg.AutomationConditionSensorDefinition:
+    """The sensor that evaluates the reports' automation conditions (stopped by default)."""
+    return dg.AutomationConditionSensorDefinition(
+        "evaluate_new_models",
+        target=dg.AssetSelection.assets(*(report.asset for report in chain.reports)),
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        minimum_interval_seconds=60,
+        description=(
+            "Evaluates the reports' automation conditions: a model (or the report it is compared with) that gets a "
+            "new materialization is evaluated again, per partition. Targets only the three evaluation assets, so "
+            "training never starts from here. Stopped by default; turn it on in the UI (Automation) or with "
+            "`dagster sensor start evaluate_new_models`."
+        ),
+    )
+
+
+def build_automation(
+    recipes: RecipeFolder, retrain_cron: str = DEFAULT_RETRAIN_CRON, retrain_partitions=DEFAULT_RETRAIN_PARTITIONS
+) -> tuple[list[dg.ScheduleDefinition], list[dg.SensorDefinition]]:
+    """The retraining schedule and the sensors (source data, run failures, evaluation automation)."""
+    schedules = [build_retrain_schedule(recipes.chain, retrain_cron, list(retrain_partitions))]
+    sensors = [build_source_data_sensor(recipes), run_failure_summary, build_evaluate_new_models(recipes.chain)]
+    return schedules, sensors

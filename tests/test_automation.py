@@ -17,6 +17,7 @@ from dagster_dev import start_dagster_dev
 from helpers import tiny_raw
 
 from doge_dagster.artifacts import ArtifactStore
+from doge_dagster.definitions import build_definitions
 from doge_dagster.recipes import OVERRIDE_TAG_PREFIX, overrides_from_tags
 from doge_dagster.stages import CHAIN
 from jobs import automation
@@ -39,24 +40,25 @@ def test_retrain_schedule_requests_one_run_per_partition_continuing_from_the_lat
     publish_fake(store, "doge_base", "tiny", "bbbbbbbbbbbbbbbb")  # the newest: the one to continue from
     publish_fake(store, "doge_base", "60M", "cccccccccccccccc")
     publish_fake(store, "doge_instruct", "20M", "dddddddddddddddd")  # not a base model: ignored
-    monkeypatch.setattr(automation, "RETRAIN_PARTITIONS", ["tiny", "20M", "60M"])
+    schedule = build_definitions(retrain_partitions=["tiny", "20M", "60M"]).get_schedule_def("retrain_schedule")
 
     context = dg.build_schedule_context(resources={"artifact_store": ArtifactStoreResource(root=str(tmp_path))})
-    requests = list(automation.retrain_schedule(context))
+    requests = list(schedule(context))
 
     assert [request.partition_key for request in requests] == ["tiny", "20M", "60M"]
     assert requests[0].tags == {INIT_FROM_TAG: "doge_base:bbbbbbbbbbbbbbbb"}
     assert requests[1].tags == {}, "no base model published for 20M: pretrain from scratch, no override tag"
     assert requests[2].tags == {INIT_FROM_TAG: "doge_base:cccccccccccccccc"}
     assert overrides_from_tags(requests[0].tags) == {"stages.pretrain.init_from": "doge_base:bbbbbbbbbbbbbbbb"}
-    assert automation.retrain_schedule.job_name == "full_pipeline"
-    assert automation.retrain_schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    assert schedule.job_name == "full_pipeline"
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    assert schedule.cron_schedule == automation.DEFAULT_RETRAIN_CRON
 
 
 def test_retrain_schedule_without_a_published_base_sets_no_override(tmp_path):
     context = dg.build_schedule_context(resources={"artifact_store": ArtifactStoreResource(root=str(tmp_path))})
-    requests = list(automation.retrain_schedule(context))
-    assert [request.partition_key for request in requests] == automation.RETRAIN_PARTITIONS
+    requests = list(build_definitions().get_schedule_def("retrain_schedule")(context))
+    assert [request.partition_key for request in requests] == list(automation.DEFAULT_RETRAIN_PARTITIONS)
     assert all(not overrides_from_tags(request.tags) for request in requests)
 
 
@@ -80,26 +82,29 @@ def local_source_recipes(tmp_path, monkeypatch):
     recipes = tmp_path / "recipes"
     recipes.mkdir()
     (recipes / "tiny.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    # Recipes are found through this module constant at call time; the other sizes are then "not found" (skipped).
-    monkeypatch.setattr("doge_dagster.recipes.RECIPES_DIR", recipes)
+    # The code location of this folder serves tiny only.
     return source
 
 
-def evaluate(cursor: str | None):
-    from doge_dagster.definitions import defs
+def definitions_of(source: Path) -> dg.Definitions:
+    """The code location of the recipes folder `local_source_recipes` wrote (beside its source folder)."""
+    return build_definitions(recipes_dir=source.parent / "recipes")
 
+
+def evaluate(cursor: str | None, source: Path):
+    defs = definitions_of(source)
     # Partitioned run requests are resolved against the repository (partition keys, target job).
     context = dg.build_sensor_context(cursor=cursor, repository_def=defs.get_repository_def())
-    return automation.source_data_sensor.evaluate_tick(context)
+    return defs.get_sensor_def("source_data_sensor").evaluate_tick(context)
 
 
 def test_source_sensor_requests_a_data_run_only_after_a_source_changes(local_source_recipes):
-    first = evaluate(None)
+    first = evaluate(None, local_source_recipes)
     assert not first.run_requests, "the first tick only records the source versions"
     cursor = json.loads(first.cursor)
     assert set(cursor) == {"tiny"}, cursor
 
-    unchanged = evaluate(first.cursor)
+    unchanged = evaluate(first.cursor, local_source_recipes)
     assert not unchanged.run_requests and unchanged.skip_message
     assert json.loads(unchanged.cursor) == cursor
 
@@ -108,14 +113,14 @@ def test_source_sensor_requests_a_data_run_only_after_a_source_changes(local_sou
             json.dumps({"messages": [{"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6"}]})
             + "\n"
         )
-    changed = evaluate(unchanged.cursor)
+    changed = evaluate(unchanged.cursor, local_source_recipes)
     assert [request.partition_key for request in changed.run_requests] == ["tiny"]
     new_cursor = json.loads(changed.cursor)
     assert new_cursor["tiny"] != cursor["tiny"]
     assert changed.run_requests[0].run_key == f"tiny-{new_cursor['tiny']}"
     assert changed.run_requests[0].job_name in (None, "data")
 
-    again = evaluate(changed.cursor)
+    again = evaluate(changed.cursor, local_source_recipes)
     assert not again.run_requests, "the same change must not be requested twice"
 
 
@@ -128,37 +133,37 @@ def observed_versions(result) -> dict[tuple[str, str], str]:
 
 
 def test_source_sensor_records_observations_that_agree_with_observing_the_sources(local_source_recipes):
-    first = evaluate(None)
+    first = evaluate(None, local_source_recipes)
     observed = observed_versions(first)
     assert {partition for _, partition in observed} == {"tiny"}
     assert ("source_smoltalk", "tiny") in observed and len(observed) == 8, observed
     # The UI's "Observe sources" runs the observable source assets: they must report the same versions.
-    from assets.sources import SOURCE_ASSETS
-
-    for source in SOURCE_ASSETS:
+    for source in definitions_of(local_source_recipes).assets:
+        if not isinstance(source, dg.SourceAsset):
+            continue
         reported = source.observe_fn(dg.build_asset_context()).data_versions_by_partition
         assert reported["tiny"].value == observed[(source.key.to_user_string(), "tiny")], source.key
 
-    assert not evaluate(first.cursor).asset_events, "unchanged sources are not observed again"
+    assert not evaluate(first.cursor, local_source_recipes).asset_events, "unchanged sources are not observed again"
     with (local_source_recipes / "train.jsonl").open("a") as handle:
         handle.write(
             json.dumps({"messages": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}]})
             + "\n"
         )
-    changed = observed_versions(evaluate(first.cursor))
+    changed = observed_versions(evaluate(first.cursor, local_source_recipes))
     assert changed[("source_smoltalk", "tiny")] != observed[("source_smoltalk", "tiny")]
     assert {key for key in changed if changed[key] != observed[key]} == {("source_smoltalk", "tiny")}
 
 
 def test_source_sensor_with_a_stale_cursor_requests_the_data_job(local_source_recipes):
-    result = evaluate(json.dumps({"tiny": "0000000000000000"}))
+    result = evaluate(json.dumps({"tiny": "0000000000000000"}), local_source_recipes)
     assert [request.partition_key for request in result.run_requests] == ["tiny"]
 
 
 def test_source_sensor_only_ever_targets_the_data_job():
     from doge_dagster.definitions import defs
 
-    sensor = automation.source_data_sensor
+    sensor = defs.get_sensor_def("source_data_sensor")
     assert sensor.job_name == "data"
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
     data_job = defs.resolve_job_def("data")

@@ -13,14 +13,23 @@ import dagster as dg
 import pytest
 import yaml
 
-from assets.data import MIXTURE_ASSETS
-from assets.data import tokenizer as tokenizer_asset
+from assets.data import build_mixture_asset, build_tokenizer_asset
 from doge_dagster.artifacts import MANIFEST_NAME, ArtifactStore
 from doge_dagster.plan import plan_versions
-from doge_dagster.recipes import PROJECT_ROOT, RECIPES_DIR, load_recipe
+from doge_dagster.recipes import PROJECT_ROOT, RECIPES_DIR, RecipeFolder, load_recipe
+from doge_dagster.stages import CHAIN
 from resources.artifact_store import ArtifactStoreResource
 
 DATA_ASSETS = ["tokenizer", "pretrain_mixture", "sft_mixture", "dpo_mixture", "distill_mixture", "grpo_mixture"]
+
+
+def data_assets(recipes_dir: Path = RECIPES_DIR) -> tuple[dg.AssetsDefinition, list[dg.AssetsDefinition]]:
+    """The tokenizer and mixture assets of a recipes folder."""
+    folder = RecipeFolder(recipes_dir)
+    return build_tokenizer_asset(folder), [build_mixture_asset(kind, folder) for kind in CHAIN.mixtures]
+
+
+tokenizer_asset, MIXTURE_ASSETS = data_assets()
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
 CLI_SELECT = ["asset", "materialize", "-m", "doge_dagster.definitions", "--select", "tokenizer*"]
 # `tokenizer*` now reaches the training stages too; the data chain alone is the `data` group.
@@ -263,29 +272,33 @@ def test_cli_code_location_loads_with_a_malformed_recipe_beside_it(tmp_path, bad
     assert manifests_under(artifacts) == []
 
 
-def test_code_versions_survive_an_invalid_recipe(monkeypatch, bad_recipes_dir):
+def test_code_versions_survive_an_invalid_recipe(tmp_path, bad_recipes_dir):
     from assets.versioned import node_code_version
-    from doge_dagster import recipes
 
-    monkeypatch.setattr(recipes, "RECIPES_DIR", bad_recipes_dir)
-    versions = {name: node_code_version("pretrain_mixture", ["tiny", name]) for name in ("bad", "broken")}
+    def folder_with(*names: str) -> RecipeFolder:
+        folder = tmp_path / "-".join(names)
+        folder.mkdir(exist_ok=True)
+        for name in names:
+            shutil.copy(bad_recipes_dir / f"{name}.yaml", folder / f"{name}.yaml")
+        return RecipeFolder(folder)
+
+    versions = {name: node_code_version("pretrain_mixture", folder_with("tiny", name)) for name in ("bad", "broken")}
     assert len(set(versions.values())) == 2
-    assert versions["bad"] == node_code_version("pretrain_mixture", ["tiny", "bad"])  # stable
+    with_bad = folder_with("tiny", "bad")
+    assert versions["bad"] == node_code_version("pretrain_mixture", with_bad)  # stable
     # an invalid recipe does not change the versions computed from the valid ones
-    assert node_code_version("sft_mixture", ["tiny"]) == node_code_version("sft_mixture", ["tiny"])
-    before = node_code_version("pretrain_mixture", ["tiny", "bad"])
-    (bad_recipes_dir / "bad.yaml").write_text((bad_recipes_dir / "bad.yaml").read_text() + "\n# edited\n")
-    assert node_code_version("pretrain_mixture", ["tiny", "bad"]) != before  # editing the bad file is seen
+    assert node_code_version("sft_mixture", folder_with("tiny")) == node_code_version("sft_mixture", folder_with("tiny"))
+    before = node_code_version("pretrain_mixture", with_bad)
+    bad = with_bad.directory / "bad.yaml"
+    bad.write_text(bad.read_text() + "\n# edited\n")
+    assert node_code_version("pretrain_mixture", with_bad) != before  # editing the bad file is seen
 
 
 @pytest.fixture
-def recipes_dir(tmp_path, monkeypatch):
-    """A private recipes folder whose `tiny.yaml` each test edits; load_recipe reads it."""
-    from doge_dagster import recipes
-
+def recipes_dir(tmp_path):
+    """A private recipes folder whose `tiny.yaml` each test edits; `data_assets(folder)` reads it."""
     folder = tmp_path / "recipes"
     folder.mkdir()
-    monkeypatch.setattr(recipes, "RECIPES_DIR", folder)
     return folder
 
 
@@ -300,7 +313,7 @@ def test_tokenizer_path_that_does_not_exist_names_the_field(tmp_path, recipes_di
     raw["tokenizer"] = {"source": "path", "name_or_path": str(tmp_path / "no-such-tokenizer")}
     write_tiny(recipes_dir, raw)
     artifacts = tmp_path / "artifacts"
-    result = materialize(artifacts, dg.DagsterInstance.ephemeral(), assets=[tokenizer_asset])
+    result = materialize(artifacts, dg.DagsterInstance.ephemeral(), assets=[data_assets(recipes_dir)[0]])
     assert not result.success
     message = failure_text(result)
     assert "tokenizer.name_or_path" in message and "no-such-tokenizer" in message and "is not a folder" in message
@@ -314,7 +327,7 @@ def test_tokenizer_path_that_is_not_a_hub_id_does_not_go_online(tmp_path, recipe
     raw = tiny_raw()
     raw["tokenizer"] = {"source": "path", "name_or_path": "tokenizers/doge"}
     write_tiny(recipes_dir, raw)
-    result = materialize(tmp_path / "artifacts", dg.DagsterInstance.ephemeral(), assets=[tokenizer_asset])
+    result = materialize(tmp_path / "artifacts", dg.DagsterInstance.ephemeral(), assets=[data_assets(recipes_dir)[0]])
     assert not result.success
     message = failure_text(result)
     assert "tokenizer.name_or_path 'tokenizers/doge' is not a folder" in message
@@ -347,8 +360,9 @@ def test_a_source_missing_a_column_fails_before_publishing(tmp_path, recipes_dir
     raw["mixtures"]["sft"]["total_size"] = 20
     write_tiny(recipes_dir, raw)
     artifacts = tmp_path / "artifacts"
-    sft = next(asset for asset in MIXTURE_ASSETS if asset.key.to_user_string() == "sft_mixture")
-    result = materialize(artifacts, dg.DagsterInstance.ephemeral(), assets=[tokenizer_asset, sft])
+    folder_tokenizer, folder_mixtures = data_assets(recipes_dir)
+    sft = next(asset for asset in folder_mixtures if asset.key.to_user_string() == "sft_mixture")
+    result = materialize(artifacts, dg.DagsterInstance.ephemeral(), assets=[folder_tokenizer, sft])
     assert not result.success
     message = failure_text(result)
     assert "SourceError" in message and "'smoltalk'" in message and "lacks column(s) messages" in message

@@ -36,3 +36,23 @@ def test_a_bad_step_count_names_the_variable_and_the_fix(monkeypatch, value):
     monkeypatch.setenv("DOGE_MAX_CONCURRENT_STEPS", value)
     with pytest.raises(ValueError, match="DOGE_MAX_CONCURRENT_STEPS.*whole number of steps, at least 1"):
         executor_from_env()
+
+
+def test_definitions_are_built_for_any_recipes_folder_and_chain_in_process(tmp_path):
+    import shutil
+
+    from doge_dagster.definitions import build_definitions
+    from doge_dagster.recipes import RECIPES_DIR
+    from doge_dagster.stages import load_chain
+
+    shutil.copy(RECIPES_DIR / "tiny.yaml", tmp_path / "tiny.yaml")
+    shutil.copy(RECIPES_DIR / "tiny.yaml", tmp_path / "other.yaml")
+    defs = build_definitions(recipes_dir=tmp_path, chain=load_chain("plugins.second_sft"), retrain_cron="0 5 * * *")
+    graph = defs.resolve_asset_graph()
+    extra = graph.get(dg.AssetKey("doge_instruct_sft_again"))
+    assert extra.partitions_def.get_partition_keys() == ["other", "tiny"]
+    assert {key.to_user_string() for key in extra.parent_keys} == {"doge_instruct_sft", "sft_mixture", "tokenizer"}
+    assert defs.get_schedule_def("retrain_schedule").cron_schedule == "0 5 * * *"
+    assert "doge_instruct_sft_again" in {
+        key.to_user_string() for key in defs.resolve_job_def("instruct").asset_layer.executable_asset_keys
+    }

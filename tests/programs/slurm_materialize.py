@@ -24,8 +24,9 @@ import dagster as dg
 
 def materialize(args: dict[str, Any]) -> dict[str, Any]:
     """Materialize `args["selection"]` for tiny; the report `main` writes."""
-    from assets.data import DATA_ASSETS
-    from assets.training import TRAINING_ASSET_DEFS
+    from assets.data import build_data_assets
+    from assets.training import build_training_assets
+    from doge_dagster.recipes import default_recipes
     from resources.artifact_store import ArtifactStoreResource
     from resources.compute import ComputeResource
     from resources.slurm import SlurmSettings
@@ -34,7 +35,7 @@ def materialize(args: dict[str, Any]) -> dict[str, Any]:
     compute = ComputeResource(backend=args["backend"], slurm=slurm, env=args.get("env", {}))
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
-        [*DATA_ASSETS, *TRAINING_ASSET_DEFS], partition_key="tiny", selection=args["selection"], instance=instance,
+        [*build_data_assets(default_recipes()), *build_training_assets(default_recipes())], partition_key="tiny", selection=args["selection"], instance=instance,
         resources={"artifact_store": ArtifactStoreResource(root=args["store"]), "compute": compute},
         raise_on_error=False,
     )  # fmt: skip
