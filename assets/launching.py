@@ -35,7 +35,7 @@ def launch_on_compute(
     """Write the launch spec of stage or report `name` (producing `asset`) and run
     `python -m MODULE NAME --spec F` on the compute backend; the process publishes the artifact itself."""
     spec = LaunchSpec(
-        stage=name,
+        name=name,
         asset=asset,
         partition=context.partition_key,
         version=build.planned.version,

@@ -12,8 +12,8 @@ fails when the code location loads, with the stage's name.
 
 Extra stages (e.g. a KTO pass, or a second SFT pass) can live in your own package: a module that defines
 `STAGES` (a list of `Stage` records, and optionally `MIXTURES` / `REPORTS`), named in the environment as
-`DOGE_EXTRA_STAGES=my_package.my_stages` (comma-separated for several). Every process of a run (the code
-location, the run worker, each launched trainer) inherits the variable and sees the same chain.
+`DOGE_EXTRA_STAGES=my_package.my_stages` (comma-separated for several) where the code location runs. Each
+launch spec names the same modules (`Chain.extra_modules`), so a launched trainer loads the same chain.
 """
 
 from __future__ import annotations

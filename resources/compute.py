@@ -55,6 +55,6 @@ class ComputeResource(dg.ConfigurableResource):
             return run_on_slurm(context, self.slurm, spec, spec_path, launch, env)
         if self.backend == "kubernetes":
             return run_on_kubernetes(context, self.kubernetes, spec, spec_path, launch, env)
-        command = accelerate_command(spec.stage, str(spec_path), launch, module=spec.module)
+        command = accelerate_command(spec.name, str(spec_path), launch, module=spec.module)
         context.log.info("launching: " + " ".join(command))
         return ProcessGroupSubprocessClient(cwd=str(PROJECT_ROOT), env=env).run(context=context, command=command)

@@ -186,7 +186,7 @@ def container_command(
 ) -> list[str]:
     """The accelerate launch inside the image: its python, its project checkout, the spec from the env."""
     command = accelerate_command(
-        spec.stage, SPEC_ENV_PREFIX + SPEC_ENV_VAR, launch, machine_rank=machine_rank,
+        spec.name, SPEC_ENV_PREFIX + SPEC_ENV_VAR, launch, machine_rank=machine_rank,
         main_process_ip=main_process_ip, main_process_port=settings.main_process_port, python=settings.python,
         module=spec.module,
     )  # fmt: skip
@@ -251,10 +251,10 @@ def pod_spec(
         scratch_mount = {"name": SCRATCH_VOLUME, "mountPath": spec.work_dir}
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
-        "image": resolve_image(settings, launch, spec.stage),
+        "image": resolve_image(settings, launch, spec.name),
         "command": container_command(settings, spec, launch, machine_rank, main_process_ip),
         "workingDir": settings.project_dir,
-        "env": [{"name": SPEC_ENV_VAR, "value": spec.to_json()}, *env_entries(settings, env, spec.stage)],
+        "env": [{"name": SPEC_ENV_VAR, "value": spec.to_json()}, *env_entries(settings, env, spec.name)],
         "resources": {key: value for key, value in (("limits", limits), ("requests", requests)) if value},
         "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}, scratch_mount],
     }
@@ -334,7 +334,7 @@ def run_on_kubernetes(
 # -- several nodes: an indexed Job and a headless Service ------------------------------------------------------
 def job_name_for(context_run_id: str, spec: LaunchSpec) -> str:
     """A DNS-1123 name, unique per run and stage (pod hostnames add `-<index>`)."""
-    base = re.sub(r"[^a-z0-9-]", "-", f"doge-{spec.stage}-{context_run_id[:8]}".lower())
+    base = re.sub(r"[^a-z0-9-]", "-", f"doge-{spec.name}-{context_run_id[:8]}".lower())
     return base[:50].strip("-")
 
 

@@ -230,7 +230,7 @@ def run_on_slurm(
     COMPLETED returns the Pipes invocation; any other end state raises `dg.Failure` with the job id,
     state, exit code and log tail; an interrupted or failing wait cancels the job before re-raising.
     """
-    job_name = re.sub(r"[^A-Za-z0-9._-]", "_", f"doge-{spec.stage}-{spec.partition}")
+    job_name = re.sub(r"[^A-Za-z0-9._-]", "_", f"doge-{spec.name}-{spec.partition}")
     job_dir = Path(settings.shared_dir) / f"{job_name}-{spec.version}-{uuid.uuid4().hex[:8]}"
     job_dir.mkdir(parents=True, mode=0o700)
     log_path, script_path = job_dir / "job.log", job_dir / "job.sbatch"
@@ -241,7 +241,7 @@ def run_on_slurm(
     ) as session:
         exports = {**launch.env, **session.get_bootstrap_env_vars()}
         script_path.write_text(
-            render_script(launch, str(spec_path), spec.stage, job_name, str(log_path), exports, settings, spec.module)
+            render_script(launch, str(spec_path), spec.name, job_name, str(log_path), exports, settings, spec.module)
         )
         try:
             job_id = submit(script_path, env)

@@ -49,7 +49,7 @@ def make_spec(
     work_dir: str = "/scratch/doge_base/tiny/v1", store_root: str = "s3://doge/artifacts", stage: str = "pretrain"
 ) -> LaunchSpec:
     return LaunchSpec(
-        stage=stage, asset="doge_base", partition="tiny", version="0123456789abcdef", upstream={"tokenizer": "aa", "pretrain_mixture": "bb"},
+        name=stage, asset="doge_base", partition="tiny", version="0123456789abcdef", upstream={"tokenizer": "aa", "pretrain_mixture": "bb"},
         recipe={"name": "tiny"}, store_root=store_root, work_dir=work_dir,
     )  # fmt: skip
 
@@ -443,7 +443,7 @@ def test_evaluation_launches_run_their_own_entrypoint():
     spec = LaunchSpec(
         **{
             **json.loads(make_spec().to_json()),
-            "stage": "base",
+            "name": "base",
             "asset": "base_eval",
             "module": "doge_dagster.evaluation",
         }

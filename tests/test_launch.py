@@ -237,7 +237,7 @@ def make_spec(stage: str, tmp_path: Path) -> LaunchSpec:
     from doge_dagster.stages import CHAIN
 
     return LaunchSpec(
-        stage=stage,
+        name=stage,
         asset=CHAIN.stage(stage).asset,
         partition="tiny",
         version="0123456789abcdef",

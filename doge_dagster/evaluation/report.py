@@ -172,7 +172,7 @@ def gate_checks(
     - `format_rate`: the share of well-formed `<think>` replies is above `min_format_rate` (passes, saying
       so, when the recipe sets no minimum).
     """
-    gates = {  # keyed by GATE_NAMES
+    gates = {  # keyed by doge_dagster.stages.GATE_NAMES
         "scores_valid": lambda: _scores_valid(scores),
         "no_regression": lambda: _no_regression(comparison or [], tolerance, previous_asset),
         "format_rate": lambda: _format_rate(format_rate_value, min_format_rate),

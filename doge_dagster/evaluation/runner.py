@@ -259,7 +259,7 @@ def build_report(
     previous: Manifest | None,
 ) -> tuple[dict[str, Any], str, reports.Checks]:
     """Manifest metadata, markdown summary and gate checks of one evaluation."""
-    report = recipe.chain.report(spec.stage)
+    report = recipe.chain.report(spec.name)
     section = recipe.section(report.section)
     previous_asset = previous.asset if previous is not None else None
     comparison = reports.compare(outcome.scores, previous.metadata.get("tasks", [])) if previous is not None else None
@@ -330,16 +330,16 @@ def write_report_files(folder: Path, outcome: EvalOutcome, summary: str) -> None
     (folder / "README.md").write_text(summary)
 
 
-def run_evaluation(stage: str, spec_path: str) -> None:
-    """Entry point of `python -m doge_dagster.evaluation STAGE --spec SPEC` (under `accelerate launch`)."""
-    run_entrypoint(stage, spec_path, _run)
+def run_evaluation(report: str, spec_path: str) -> None:
+    """Entry point of `python -m doge_dagster.evaluation REPORT --spec SPEC` (under `accelerate launch`)."""
+    run_entrypoint(report, spec_path, _run)
 
 
 def _run(spec: LaunchSpec, reporter: Reporter, started: float) -> None:
     recipe = parse_recipe(
         spec.recipe, source=f"spec {spec.asset}[{spec.partition}]", chain=chain_for(spec.extra_stages)
     )
-    report = recipe.chain.report(spec.stage)
+    report = recipe.chain.report(spec.name)
     settings = settings_for(report, recipe)
     store = ArtifactStore(spec.store_root)
     model_asset = recipe.chain.stage(report.model_stage).asset

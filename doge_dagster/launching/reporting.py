@@ -55,15 +55,15 @@ def open_reporter() -> Iterator[Reporter]:
         yield Reporter(pipes)
 
 
-def run_entrypoint(stage: str, spec_path: str, body) -> None:
-    """Shared entry point of every launched stage (training and evaluation): read the spec, apply its
+def run_entrypoint(name: str, spec_path: str, body) -> None:
+    """Shared entry point of every launch (a training stage or a report): read the spec, apply its
     environment, open the reporter, run `body(spec, reporter, started)`, end the process group cleanly."""
     from doge_dagster.launching.spec import LaunchSpec
 
     started = time.monotonic()
     spec = LaunchSpec.read(spec_path)
-    if spec.stage != stage:
-        raise SystemExit(f"spec {spec_path} is for stage {spec.stage!r}, not {stage!r}")
+    if spec.name != name:
+        raise SystemExit(f"spec {spec_path} is for {spec.name!r}, not {name!r}")
     os.environ.update(spec.env)
     with open_reporter() as reporter:
         try:

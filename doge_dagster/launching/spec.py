@@ -20,12 +20,12 @@ SPEC_ENV_VAR = "DOGE_SPEC_JSON"
 
 @dataclass(frozen=True)
 class LaunchSpec:
-    """One launch: `python -m MODULE STAGE --spec F` produces `asset` from the upstream versions named.
+    """One launch: `python -m MODULE NAME --spec F` produces `asset` from the upstream versions named.
 
-    `stage` is the stage (training) or report (evaluation) name the entry point runs.
+    `name` is the stage (training) or the report (evaluation) the entry point runs.
     """
 
-    stage: str
+    name: str
     asset: str
     partition: str
     version: str

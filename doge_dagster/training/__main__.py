@@ -3,7 +3,6 @@
 import argparse
 
 from doge_dagster.lifetime import die_with_parent
-from doge_dagster.stages import CHAIN
 from doge_dagster.training.runner import run_stage
 
 
@@ -11,7 +10,7 @@ def main() -> None:
     """Parse the command line and run the stage; the stage dies with the launcher that started it."""
     die_with_parent()
     parser = argparse.ArgumentParser(prog="python -m doge_dagster.training", description=__doc__)
-    parser.add_argument("stage", choices=[stage.name for stage in CHAIN.stages])
+    parser.add_argument("stage", help="the stage to run, one of the spec's chain (doge_dagster/stages.py)")
     parser.add_argument(
         "--spec", required=True, help="launch spec JSON written by the orchestrator, or env:NAME to read it from $NAME"
     )

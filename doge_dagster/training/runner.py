@@ -89,7 +89,7 @@ def stage_context(spec: LaunchSpec, reporter: Reporter | None = None) -> StageCo
     recipe = parse_recipe(
         spec.recipe, source=f"spec {spec.asset}[{spec.partition}]", chain=chain_for(spec.extra_stages)
     )
-    stage = recipe.chain.stage(spec.stage)
+    stage = recipe.chain.stage(spec.name)
     ctx = StageContext(spec, recipe, ArtifactStore(spec.store_root), reporter, stage)
     ctx.tokenizer = AutoTokenizer.from_pretrained(str(ctx.artifact_dir("tokenizer")))
     ctx.data = load_from_disk(str(ctx.artifact_dir(recipe.chain.mixture(stage.mixture).asset)))
@@ -246,7 +246,7 @@ def _write_model_card(folder: Path, spec: LaunchSpec, recipe_name: str, section,
     lines = [
         f"# {spec.asset} ({recipe_name})",
         "",
-        f"Doge model produced by the doge-dagster `{spec.stage}` stage. Version `{spec.version}`.",
+        f"Doge model produced by the doge-dagster `{spec.name}` stage. Version `{spec.version}`.",
         "Load it with `AutoModelForCausalLM.from_pretrained(path)` (native transformers Doge, no remote code).",
         "",
         "## Lineage",
