@@ -41,7 +41,7 @@ def test_retrain_schedule_requests_one_run_per_partition_continuing_from_the_lat
     publish_fake(store, "doge_base", "tiny", "bbbbbbbbbbbbbbbb")  # the newest: the one to continue from
     publish_fake(store, "doge_base", "60M", "cccccccccccccccc")
     publish_fake(store, "doge_instruct", "20M", "dddddddddddddddd")  # not a base model: ignored
-    schedule = build_definitions(retrain_partitions=["tiny", "20M", "60M"]).get_schedule_def("retrain_schedule")
+    schedule = build_definitions(retrain_partitions=["tiny", "20M", "60M"]).resolve_schedule_def("retrain_schedule")
 
     context = dg.build_schedule_context(resources={"artifact_store": ArtifactStoreResource(root=str(tmp_path))})
     requests = list(schedule(context))
@@ -58,7 +58,7 @@ def test_retrain_schedule_requests_one_run_per_partition_continuing_from_the_lat
 
 def test_retrain_schedule_without_a_published_base_sets_no_override(tmp_path):
     context = dg.build_schedule_context(resources={"artifact_store": ArtifactStoreResource(root=str(tmp_path))})
-    requests = list(build_definitions().get_schedule_def("retrain_schedule")(context))
+    requests = list(build_definitions().resolve_schedule_def("retrain_schedule")(context))
     assert [request.partition_key for request in requests] == list(automation.DEFAULT_RETRAIN_PARTITIONS)
     assert all(not overrides_from_tags(request.tags) for request in requests)
 
@@ -96,7 +96,7 @@ def evaluate(cursor: str | None, source: Path):
     defs = definitions_of(source)
     # Partitioned run requests are resolved against the repository (partition keys, target job).
     context = dg.build_sensor_context(cursor=cursor, repository_def=defs.get_repository_def())
-    return defs.get_sensor_def("source_data_sensor").evaluate_tick(context)
+    return defs.resolve_sensor_def("source_data_sensor").evaluate_tick(context)
 
 
 def test_source_sensor_requests_a_data_run_only_after_a_source_changes(local_source_recipes):
@@ -164,7 +164,7 @@ def test_source_sensor_with_a_stale_cursor_requests_the_data_job(local_source_re
 def test_source_sensor_only_ever_targets_the_data_job():
     from doge_dagster.definitions import defs
 
-    sensor = defs.get_sensor_def("source_data_sensor")
+    sensor = defs.resolve_sensor_def("source_data_sensor")
     assert sensor.job_name == "data"
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
     data_job = defs.resolve_job_def("data")

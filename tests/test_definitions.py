@@ -52,7 +52,7 @@ def test_definitions_are_built_for_any_recipes_folder_and_chain_in_process(tmp_p
     extra = graph.get(dg.AssetKey("doge_instruct_sft_again"))
     assert extra.partitions_def.get_partition_keys() == ["other", "tiny"]
     assert {key.to_user_string() for key in extra.parent_keys} == {"doge_instruct_sft", "sft_mixture", "tokenizer"}
-    assert defs.get_schedule_def("retrain_schedule").cron_schedule == "0 5 * * *"
+    assert defs.resolve_schedule_def("retrain_schedule").cron_schedule == "0 5 * * *"
     assert "doge_instruct_sft_again" in {
         key.to_user_string() for key in defs.resolve_job_def("instruct").asset_layer.executable_asset_keys
     }

@@ -24,11 +24,10 @@ from programs import emit
 def sensor_tick() -> int:
     """One tick of `source_data_sensor`, its asset events reported to the instance; returns their number."""
     from doge_dagster.definitions import defs
-    from jobs.automation import source_data_sensor
 
     instance = dg.DagsterInstance.get()
     context = dg.build_sensor_context(instance=instance, repository_def=defs.get_repository_def())
-    result = source_data_sensor.evaluate_tick(context)
+    result = defs.resolve_sensor_def("source_data_sensor").evaluate_tick(context)
     for event in result.asset_events:  # what the daemon does with a tick's asset events
         instance.report_runless_asset_event(event)
     return len(result.asset_events)
