@@ -183,11 +183,6 @@ def default_recipes() -> RecipeFolder:
     return RecipeFolder(RECIPES_DIR)
 
 
-def recipe_path(name_or_path: str | Path) -> Path:
-    """Resolve a recipe name (`tiny`) of the environment's folder, or a path to a YAML file."""
-    return default_recipes().path(name_or_path)
-
-
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """Load and validate a recipe of the environment's folder by name, or any recipe file by path."""
     return default_recipes().load(name_or_path)

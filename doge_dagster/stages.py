@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from doge_dagster.model_checks import TRAINING_CHECKS
 from doge_dagster.recipe_sections import GRPOStage, PretrainStage, StageRecipe
@@ -244,7 +244,6 @@ class Chain:
     stages: tuple[Stage, ...]
     reports: tuple[Report, ...]
     extra_modules: str = ""  # the DOGE_EXTRA_STAGES modules it was loaded with: launched processes load the same
-    by_asset: dict[str, Stage | Report] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for kind, records in (("mixture", self.mixtures), ("stage", self.stages), ("report", self.reports)):
@@ -277,7 +276,6 @@ class Chain:
         ]
         if duplicates := sorted({asset for asset in assets if assets.count(asset) > 1}):
             raise ChainError(f"asset name(s) used twice: {', '.join(duplicates)}")
-        object.__setattr__(self, "by_asset", {record.asset: record for record in (*self.stages, *self.reports)})
 
     def mixture(self, name: str) -> Mixture:
         """The mixture record called `name`."""
