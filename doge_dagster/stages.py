@@ -197,17 +197,17 @@ STAGES = (
     ),
     Stage(
         "sft", "doge_instruct_sft", "instruct", mixture="sft", parent="pretrain",
-        trainer="doge_dagster.training.sft:SFTStageTrainer", config_class="trl:SFTConfig", code_version="sft-2",
+        trainer="doge_dagster.training.chat:SFTStageTrainer", config_class="trl:SFTConfig", code_version="sft-2",
         description="Supervised fine-tuning of doge_base on conversations, assistant tokens only.",
     ),
     Stage(
         "dpo", "doge_instruct", "instruct", mixture="dpo", parent="sft",
-        trainer="doge_dagster.training.dpo:DPOStageTrainer", config_class="trl:DPOConfig", code_version="dpo-2",
+        trainer="doge_dagster.training.chat:DPOStageTrainer", config_class="trl:DPOConfig", code_version="dpo-2",
         description="Doge instruct model: DPO (sigmoid, implicit reference) of the SFT model on preference pairs.",
     ),
     Stage(
         "distill", "doge_reason_distill", "reason", mixture="distill", parent="dpo",
-        trainer="doge_dagster.training.sft:SFTStageTrainer", config_class="trl:SFTConfig", code_version="distill-2",
+        trainer="doge_dagster.training.chat:SFTStageTrainer", config_class="trl:SFTConfig", code_version="distill-2",
         gated_by=("instruct",),
         description="Distillation SFT of the instruct model on reasoning traces kept as <think> blocks.",
     ),

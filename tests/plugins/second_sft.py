@@ -11,7 +11,7 @@ from typing import Any
 
 from doge_dagster.stages import Stage
 from doge_dagster.trainer_contract import StageContext
-from doge_dagster.training.sft import SFTStageTrainer
+from doge_dagster.training.chat import SFTStageTrainer
 
 SECOND_PASS_LEARNING_RATE = 2.0e-4
 
