@@ -25,7 +25,7 @@ def build_source_asset(spec: DatasetSpec, recipes: RecipeFolder) -> dg.SourceAss
         versions = {}
         for partition in recipes.names():
             try:
-                found, errors = source_versions(recipes.load(partition))
+                found, errors = source_versions(recipes.load(partition), {spec.name})
             except RecipeError as error:  # one invalid recipe must not hide the other partitions' versions
                 context.log.warning(f"{spec.name}[{partition}]: {error}")
                 continue

@@ -88,13 +88,16 @@ def ancestry(node: str, nodes: dict[str, Node] = NODES) -> list[str]:
     return ordered
 
 
-def source_versions(recipe: Recipe) -> tuple[dict[str, str], dict[str, str]]:
+def source_versions(recipe: Recipe, names: set[str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
     """Each dataset's version (Hub commit or content hash) as the recipe reads it, and the datasets whose
-    version cannot be determined now with the reason (e.g. the Hub unreachable for an unpinned source)."""
+    version cannot be determined now with the reason (e.g. the Hub unreachable for an unpinned source).
+    `names` limits both to those datasets (default: every dataset the recipe reads)."""
     from doge_dagster.data.sources import SourceError, source_fingerprint
 
     versions, errors = {}, {}
     for name, use in recipe_sources(recipe).items():
+        if names is not None and name not in names:
+            continue
         try:
             versions[name] = source_fingerprint(use.ref, use.seed)
         except SourceError as error:
