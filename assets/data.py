@@ -63,7 +63,7 @@ def build_mixture_asset(kind: Mixture, recipes: RecipeFolder) -> dg.AssetsDefini
         from doge_dagster.data.build import build_mixture, check_mixture
 
         tokenizer_dir = build.upstream_dirs["tokenizer"]
-        stats, preview = build_mixture(build.recipe, kind, tokenizer_dir, build.out_dir)
+        stats, preview = build_mixture(build.recipe, kind, tokenizer_dir, build.out_dir, build.planned.version, build.log.info)
         mixture = build.recipe.section(f"mixtures.{kind.name}")
         from doge_dagster.data.build import load_saved_tokenizer
 
@@ -100,8 +100,9 @@ def build_mixture_asset(kind: Mixture, recipes: RecipeFolder) -> dg.AssetsDefini
         op_tags={"dagster/priority": str(1 if kind.name == recipes.chain.root_stage().mixture else 0)},
     )
     def mixture_asset(context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResource) -> dg.MaterializeResult:
-        """Mix the mixture's sources by ratio into a `DatasetDict` saved with `save_to_disk`."""
-        return materialize_versioned(context, artifact_store, name, build, recipes)
+        """Mix the mixture's sources by ratio into a `DatasetDict` written shard by shard; a killed build
+        continues from its last shard when materialized again at the same version."""
+        return materialize_versioned(context, artifact_store, name, build, recipes, resumable=True)
 
     return mixture_asset
 

@@ -98,11 +98,14 @@ def materialize_versioned(
     build: Builder,
     recipes: RecipeFolder,
     publishes_itself: bool = False,
+    resumable: bool = False,
 ) -> dg.MaterializeResult:
     """Materialize `node_name` for the run's partition, reusing a complete artifact of the same version.
 
     With `publishes_itself`, `build` launches a job that publishes the artifact on its own (training
     nodes write straight to the store); upstream artifacts are then only located, not downloaded here.
+    With `resumable`, every attempt at a version builds in the same staging folder, so `build` can continue
+    from what a killed attempt left there.
     """
     started = time.monotonic()
     partition = context.partition_key
@@ -122,7 +125,7 @@ def materialize_versioned(
         ui_metadata = output.ui_metadata
     elif manifest is None:
         context.log.info(f"{node_name}[{partition}] version {planned.version}: building")
-        with store.writing(node_name, partition, planned.version, planned.upstream) as staged:
+        with store.writing(node_name, partition, planned.version, planned.upstream, resumable) as staged:
             output = build(BuildContext(recipe, planned, staged.path, upstream_dirs, store, context.log, upstream))
             staged.metadata = {**output.metadata, "checks": {name: list(result) for name, result in output.checks.items()}}
         manifest = staged.manifest

@@ -187,8 +187,9 @@ class ArtifactStore:
         return target
 
     # -- writing ------------------------------------------------------------------------------------
-    def staging_dir(self, asset: str, partition: str, version: str) -> Path:
-        """A fresh local folder to write an artifact into before `publish`.
+    def staging_dir(self, asset: str, partition: str, version: str, resumable: bool = False) -> Path:
+        """A local folder to write an artifact into before `publish`: fresh, or with `resumable` the same
+        folder for every attempt at this version, so a build can continue what a killed attempt left there.
 
         For a local store it sits beside the final folder, so publishing is a rename.
         """
@@ -196,8 +197,8 @@ class ArtifactStore:
             base = Path(self._path(asset, partition, STAGING_DIR))
         else:
             base = self.cache_dir / STAGING_DIR / asset / partition
-        folder = base / f"{version}-{uuid.uuid4().hex[:8]}"
-        folder.mkdir(parents=True)
+        folder = base / (f"{version}-resumable" if resumable else f"{version}-{uuid.uuid4().hex[:8]}")
+        folder.mkdir(parents=True, exist_ok=resumable)
         return folder
 
     def publish(
@@ -250,13 +251,17 @@ class ArtifactStore:
         partition: str,
         version: str,
         upstream: dict[str, str] | None = None,
+        resumable: bool = False,
     ) -> Iterator[StagedArtifact]:
-        """Stage an artifact; publish it when the block succeeds, discard it when the block raises."""
-        staged = StagedArtifact(self.staging_dir(asset, partition, version))
+        """Stage an artifact; publish it when the block succeeds. When the block raises, the staged files are
+        discarded, or with `resumable` kept for the next attempt at the same version (they are never published
+        unless that attempt succeeds)."""
+        staged = StagedArtifact(self.staging_dir(asset, partition, version, resumable))
         try:
             yield staged
         except BaseException:
-            shutil.rmtree(staged.path, ignore_errors=True)
+            if not resumable:
+                shutil.rmtree(staged.path, ignore_errors=True)
             raise
         staged.manifest = self.publish(asset, partition, version, staged.path, upstream, staged.metadata)
 

@@ -54,7 +54,7 @@ def chain_nodes(chain: Chain) -> dict[str, Node]:
     nodes = {"tokenizer": TOKENIZER}
     for mixture in chain.mixtures:
         nodes[mixture.asset] = Node(
-            mixture.asset, "data", (f"mixtures.{mixture.name}",), ("tokenizer",), "mixture-1", mixture.description
+            mixture.asset, "data", (f"mixtures.{mixture.name}",), ("tokenizer",), "mixture-2", mixture.description
         )
     for stage in chain.stages:
         mixture = chain.mixture(stage.mixture).asset

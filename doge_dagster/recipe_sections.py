@@ -10,7 +10,7 @@ import logging
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from doge_dagster.registry import DATASETS
 
@@ -42,12 +42,43 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+BLOB_DATASETS = ("python-edu",)  # Hub configs that ship blob ids, whose contents live elsewhere
+
+
+class BlobContents(Strict):
+    """Where a source's rows get their `text`: fetched by `blob_id` from an S3 store (python-edu's Hub config
+    ships blob ids only; the files are gzip-compressed in Software Heritage's bucket).
+
+    The endpoint and credentials come from the environment only (AWS_ENDPOINT_URL(_S3), AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION), never from the recipe, so no version or manifest holds them.
+    """
+
+    store: str = Field("s3://softwareheritage/content", description="S3 prefix; a blob is read from <store>/<blob_id>")
+    concurrency: int = Field(64, gt=0, description="parallel requests")
+    retries: int = Field(5, ge=0, description="retries of a transient failure, with exponential backoff")
+    on_error: Literal["skip", "fail"] = Field("skip", description="a blob that cannot be read: drop its row, or fail")
+    max_failures: int = Field(1000, ge=0, description="with skip: fail once more blobs than this could not be read")
+    cache_dir: str | None = Field(
+        None, description="local cache of the texts by blob id (default: DOGE_BLOB_CACHE, else <tmp>/doge-blobs)"
+    )
+
+    @field_validator("store")
+    @classmethod
+    def _s3_prefix(cls, value: str) -> str:
+        bucket = value.removeprefix("s3://").strip("/").split("/", 1)[0]
+        if not value.startswith("s3://") or not bucket:
+            raise ValueError(f"contents.store {value!r} must be an S3 prefix, s3://<bucket>[/<prefix>]")
+        return value.rstrip("/")
+
+
 class SourceRef(Strict):
     """One dataset of a mixture and its share.
 
     `kind` says where rows come from: `hub` (the real Hub dataset, streamed), `local` (a folder of
     jsonl/parquet files in the Hub schema, or a local copy of the Hub repo) or `generated`
-    (deterministic offline data in the same schema, for the `tiny` recipe and tests).
+    (deterministic offline data in the same schema, for the `tiny` recipe and tests). `repo`/`config`
+    read another Hub repo in the same schema (a mirror); `contents` fills python-edu's `text` from its
+    blob ids.
     """
 
     dataset: str
@@ -56,6 +87,13 @@ class SourceRef(Strict):
     path: str | None = Field(None, description="local folder (kind=local), or a Hub mirror root (kind=hub)")
     revision: str | None = Field(None, description="Hub revision to pin (kind=hub)")
     num_rows: int | None = Field(None, gt=0, description="rows to generate (kind=generated)")
+    repo: str | None = Field(
+        None,
+        description="a Hub dataset repo to read instead of the registry's (kind=hub), in the same schema, "
+        "e.g. a mirror of python-edu that carries `text`; with `path`, the folder `{path}/{repo}`",
+    )
+    config: str | None = Field(None, description="the Hub config to read instead of the registry's (kind=hub/local)")
+    contents: BlobContents | None = Field(None, description="fetch `text` by `blob_id` (python-edu)")
 
     @field_validator("dataset")
     @classmethod
@@ -72,7 +110,29 @@ class SourceRef(Strict):
             raise ValueError("kind 'generated' needs `num_rows`: how many rows to generate")
         if self.kind != "generated" and self.num_rows is not None:
             raise ValueError("`num_rows` is only for kind 'generated'; remove it")
+        if self.repo is not None and self.kind != "hub":
+            raise ValueError("`repo` is only for kind 'hub' (a local folder is named by `path`); remove it")
+        if self.config is not None and self.kind == "generated":
+            raise ValueError("`config` is not for kind 'generated' (it writes the registry's config); remove it")
+        if self.contents is not None and self.dataset not in BLOB_DATASETS:
+            raise ValueError(
+                f"`contents` (fetch text by blob id) is only for {', '.join(BLOB_DATASETS)}, whose rows carry "
+                f"blob ids; dataset {self.dataset!r} has its text already: remove `contents`"
+            )
+        if self.contents is not None and self.kind == "generated":
+            raise ValueError("`contents` is not for kind 'generated': generated rows carry their text; remove it")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_reading_options(self, handler: Any) -> Any:
+        # Sections are versioned by their dump: leaving these later options out while unset keeps the versions
+        # of the recipes that do not use them.
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in ("repo", "config", "contents"):
+                if data.get(name) is None:
+                    data.pop(name, None)
+        return data
 
 
 class MixtureRecipe(Strict):
@@ -91,6 +151,13 @@ class MixtureRecipe(Strict):
     formatting: Literal["none", "identity", "thinking"] = "none"
     system_prompt: str | None = None
     shuffle_buffer: int = Field(10_000, gt=0)
+    shard_rows: int = Field(
+        10_000, gt=0, description="rows per shard on disk: what a killed build resumes from, and the example shuffle's unit"
+    )
+    # Excluded from the dump, so from versions: the output is the same for any number of processes.
+    dataset_num_proc: int | None = Field(
+        None, gt=0, exclude=True, description="tokenizing processes (default: the cores available)"
+    )
 
     @model_validator(mode="after")
     def _ratios(self) -> MixtureRecipe:

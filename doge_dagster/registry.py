@@ -68,8 +68,9 @@ DATASETS: dict[str, DatasetSpec] = {
             split="train",
             test_split=None,
             kind="text",
-            # The Hub config ships blob ids only; the file contents must be fetched into `text` first
-            # (see the smollm-corpus card). A source without `text` is rejected with that advice.
+            # The Hub config ships blob ids only (see the smollm-corpus card): a source fills `text` by
+            # fetching each blob (`contents`, doge_dagster.data.blobs) or reads a mirror that carries it
+            # (`repo`, kind: local). A source without `text` and without `contents` is rejected with that advice.
             required_columns=("text",),
             columns=("blob_id", "repo_name", "path", "length_bytes", "score", "int_score", "text"),
             description="Educational Python files (Stack-Edu python); needs the `text` column filled.",

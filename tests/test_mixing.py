@@ -7,7 +7,9 @@ import itertools
 import json
 import random
 import re
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -18,9 +20,10 @@ from doge_dagster.data.mixing import (
     TOKENIZE_BATCH,
     MixingError,
     formatter_for,
-    mix_datasets_by_ratio,
     split_counts,
+    write_mixture,
 )
+from doge_dagster.data.shards import load_mixture
 from doge_dagster.data.sources import open_source
 from doge_dagster.data.tokenizer import train_bpe, training_texts
 from doge_dagster.recipes import SourceRef, TokenizerRecipe
@@ -30,6 +33,18 @@ PRETRAIN_RATIOS = {"fineweb-edu": 0.7, "cosmopedia-v2": 0.2, "python-edu": 0.05,
 TOTAL_TOKENS = 60_000
 MAX_LENGTH = 256
 THOUGHT_MARKERS = ("<|begin_of_thought|>", "<|end_of_thought|>", "<|begin_of_solution|>", "<|end_of_solution|>")
+
+
+OUTPUT_ROOT = Path(tempfile.mkdtemp(prefix="doge-mixing-tests-"))
+_OUTPUTS = itertools.count()
+
+
+def mix(entries, total, tokenizer, **kwargs):
+    """Write a mixture into a fresh folder (one process unless asked); return its splits and stats."""
+    folder = OUTPUT_ROOT / f"mixture-{next(_OUTPUTS)}"
+    kwargs.setdefault("dataset_num_proc", 1)
+    stats = write_mixture(entries, total, tokenizer, folder, **kwargs)
+    return load_mixture(folder), stats
 
 
 class Counting:
@@ -94,7 +109,7 @@ def as_key(value) -> str:
 def pretrain(tokenizer, rows):
     entries = pretrain_entries(rows)
     snapshot = copy.deepcopy(entries)
-    splits, stats = mix_datasets_by_ratio(
+    splits, stats = mix(
         entries, TOTAL_TOKENS, tokenizer, kind="pretrain", max_length=MAX_LENGTH, seed=11, test_size=0.05
     )
     return entries, snapshot, splits, stats
@@ -195,7 +210,7 @@ def _python_positions(tokenizer, rows, seed):
     """(number of documents, indices of python-edu documents) in the packed stream, read back in order.
 
     Two rows (the second one padded) and a test split of one row let us restore the packing order."""
-    splits, _ = mix_datasets_by_ratio(
+    splits, _ = mix(
         pretrain_entries(rows), TOTAL_TOKENS, tokenizer, kind="pretrain", max_length=TOTAL_TOKENS * 2 // 3, seed=seed,
         test_size=0.49,
     )
@@ -214,9 +229,9 @@ def _python_positions(tokenizer, rows, seed):
 
 def test_pretrain_is_seeded(tokenizer, rows, pretrain):
     _, _, splits, _ = pretrain
-    again, _ = mix_datasets_by_ratio(pretrain_entries(rows), TOTAL_TOKENS, tokenizer, kind="pretrain",
+    again, _ = mix(pretrain_entries(rows), TOTAL_TOKENS, tokenizer, kind="pretrain",
                                      max_length=MAX_LENGTH, seed=11, test_size=0.05)
-    other, _ = mix_datasets_by_ratio(pretrain_entries(rows), TOTAL_TOKENS, tokenizer, kind="pretrain",
+    other, _ = mix(pretrain_entries(rows), TOTAL_TOKENS, tokenizer, kind="pretrain",
                                      max_length=MAX_LENGTH, seed=12, test_size=0.05)
     assert again["train"]["input_ids"] == splits["train"]["input_ids"]
     assert again["test"]["input_ids"] == splits["test"]["input_ids"]
@@ -229,11 +244,11 @@ def test_caller_entries_are_not_mutated(pretrain):
 
 
 def test_seed_style_entries_are_accepted(tokenizer, rows):
-    _splits, stats = mix_datasets_by_ratio([{"finemath": 1.0, "dataset": rows["finemath"]}], 3000, tokenizer,
+    _splits, stats = mix([{"finemath": 1.0, "dataset": rows["finemath"]}], 3000, tokenizer,
                                           kind="pretrain", max_length=128)
     assert stats.sources["finemath"].tokens == 3000
     with pytest.raises(MixingError, match="name, ratio and dataset"):
-        mix_datasets_by_ratio([{"finemath": 1.0}], 3000, tokenizer, kind="pretrain")
+        mix([{"finemath": 1.0}], 3000, tokenizer, kind="pretrain")
 
 
 def test_sampling_comes_from_the_shuffled_stream_not_the_first_rows(tokenizer, tmp_path, monkeypatch):
@@ -242,13 +257,13 @@ def test_sampling_comes_from_the_shuffled_stream_not_the_first_rows(tokenizer, t
     original = [row["id"] for row in generate_rows("fineweb-edu", 2000, seed=233)]
     budget = 8000
 
-    def mix(seed):
+    def mix_with_seed(seed):
         stream = Counting(open_source(ref, seed=233, shuffle_buffer=2000))
-        splits, stats = mix_datasets_by_ratio([{"name": "fineweb-edu", "ratio": 1.0, "dataset": stream}], budget,
+        splits, stats = mix([{"name": "fineweb-edu", "ratio": 1.0, "dataset": stream}], budget,
                                               tokenizer, kind="pretrain", max_length=128, seed=seed)
         return stream, splits, stats
 
-    stream, splits, stats = mix(1)
+    stream, splits, stats = mix_with_seed(1)
     used = [row["id"] for row in stream.pulled[: stats.sources["fineweb-edu"].rows_used]]
     assert len(used) >= 20
     overlap = set(used) & set(original[: len(used)])
@@ -257,7 +272,7 @@ def test_sampling_comes_from_the_shuffled_stream_not_the_first_rows(tokenizer, t
     documents, _ = expected_documents(tokenizer, [row["text"] for row in stream.pulled[: len(used)]], budget)
     produced = Counter(token for ids in all_rows(splits) for token in ids if token != tokenizer.pad_token_id)
     assert produced == Counter(token for document in documents for token in document)
-    again, again_splits, _ = mix(1)
+    again, again_splits, _ = mix_with_seed(1)
     assert [row["id"] for row in again.pulled] == [row["id"] for row in stream.pulled]
     assert again_splits["train"]["input_ids"] == splits["train"]["input_ids"]
 
@@ -265,37 +280,37 @@ def test_sampling_comes_from_the_shuffled_stream_not_the_first_rows(tokenizer, t
 def test_a_huge_source_is_read_only_as_far_as_its_budget(tokenizer, rows):
     endless = Counting(rows["fineweb-edu"], endless=True)
     small = Counting(rows["finemath"])
-    _splits, stats = mix_datasets_by_ratio(
+    _splits, stats = mix(
         [{"name": "fineweb-edu", "ratio": 0.8, "dataset": endless}, {"name": "finemath", "ratio": 0.2, "dataset": small}],
         10_000, tokenizer, kind="pretrain", max_length=128,
     )
     for name, source in (("fineweb-edu", endless), ("finemath", small)):
         used = stats.sources[name].rows_used
         assert used <= len(source.pulled) <= used + TOKENIZE_BATCH
-        assert stats.sources[name].rows_read == len(source.pulled)
+        assert stats.sources[name].rows_read == used  # a pretraining source drops nothing it reads
 
 
 def test_a_source_too_small_is_named(tokenizer, rows):
     entries = pretrain_entries(rows)
     entries[2] = {"name": "python-edu", "ratio": 0.05, "dataset": rows["python-edu"][:3]}
     with pytest.raises(MixingError) as info:
-        mix_datasets_by_ratio(entries, TOTAL_TOKENS, tokenizer, kind="pretrain", max_length=MAX_LENGTH)
+        mix(entries, TOTAL_TOKENS, tokenizer, kind="pretrain", max_length=MAX_LENGTH)
     message = str(info.value)
     assert "'python-edu'" in message and "ran out after 3 rows" in message and "lower total_size" in message
 
 
 def test_bad_arguments_are_refused(tokenizer, rows):
     with pytest.raises(MixingError, match="sum to 0.95"):
-        mix_datasets_by_ratio(pretrain_entries(rows, {"fineweb-edu": 0.7, "cosmopedia-v2": 0.25}), 1000, tokenizer)
+        mix(pretrain_entries(rows, {"fineweb-edu": 0.7, "cosmopedia-v2": 0.25}), 1000, tokenizer)
     with pytest.raises(MixingError, match="must be positive"):
-        mix_datasets_by_ratio(pretrain_entries(rows), 0, tokenizer)
+        mix(pretrain_entries(rows), 0, tokenizer)
     with pytest.raises(MixingError, match="too few"):
-        mix_datasets_by_ratio(pretrain_entries(rows, {"finemath": 1.0}), 50, tokenizer, max_length=128)
+        mix(pretrain_entries(rows, {"finemath": 1.0}), 50, tokenizer, max_length=128)
     same = copy.deepcopy(tokenizer)
     same.pad_token = same.eos_token
     assert same.pad_token_id == same.eos_token_id
     with pytest.raises(MixingError, match="differ from EOS"):
-        mix_datasets_by_ratio(pretrain_entries(rows), 1000, same)
+        mix(pretrain_entries(rows), 1000, same)
 
 
 # -- example mixtures -----------------------------------------------------------------------------------------------
@@ -304,7 +319,7 @@ def test_example_counts_per_source_are_exact(tokenizer, rows):
     total = 203
     entries = [{"name": name, "ratio": ratio, "dataset": rows[name]} for name, ratio in ratios.items()]
     snapshot = copy.deepcopy(entries)
-    splits, stats = mix_datasets_by_ratio(entries, total, tokenizer, kind="sft", max_length=2048, seed=3, test_size=0.1)
+    splits, stats = mix(entries, total, tokenizer, kind="sft", max_length=2048, seed=3, test_size=0.1)
     assert entries == snapshot
     counts = Counter(all_rows(splits, "source"))
     assert counts == split_counts(total, ratios) == {"smoltalk": 152, "openthoughts": 51}
@@ -315,7 +330,7 @@ def test_example_counts_per_source_are_exact(tokenizer, rows):
     # shuffled: the sources are not in two blocks
     sources = splits["train"]["source"]
     assert sources[: counts["smoltalk"]].count("openthoughts") > 0
-    again, _ = mix_datasets_by_ratio(entries, total, tokenizer, kind="sft", max_length=2048, seed=3, test_size=0.1)
+    again, _ = mix(entries, total, tokenizer, kind="sft", max_length=2048, seed=3, test_size=0.1)
     assert again["train"].to_list() == splits["train"].to_list()
 
 
@@ -333,7 +348,7 @@ def test_examples_longer_than_max_length_are_dropped_and_counted(tokenizer, rows
         else:
             expected.append(row["messages"])
     assert dropped > 50
-    splits, stats = mix_datasets_by_ratio([{"name": "smoltalk", "ratio": 1.0, "dataset": source}], total, tokenizer,
+    splits, stats = mix([{"name": "smoltalk", "ratio": 1.0, "dataset": source}], total, tokenizer,
                                           kind="sft", max_length=max_length, seed=1)
     assert stats.sources["smoltalk"].dropped_too_long == dropped
     assert stats.sources["smoltalk"].rows_used == total
@@ -344,7 +359,7 @@ def test_examples_longer_than_max_length_are_dropped_and_counted(tokenizer, rows
 
 def test_a_source_with_too_few_short_examples_is_named(tokenizer, rows):
     with pytest.raises(MixingError) as info:
-        mix_datasets_by_ratio([{"name": "smoltalk", "ratio": 1.0, "dataset": rows["smoltalk"]}], 100, tokenizer,
+        mix([{"name": "smoltalk", "ratio": 1.0, "dataset": rows["smoltalk"]}], 100, tokenizer,
                               kind="sft", max_length=5)
     message = str(info.value)
     assert "'smoltalk'" in message and "0 usable examples of the 100" in message and "raise max_length" in message
@@ -352,7 +367,7 @@ def test_a_source_with_too_few_short_examples_is_named(tokenizer, rows):
 
 def test_examples_are_read_batch_by_batch(tokenizer, rows):
     endless = Counting(rows["openr1-math"], endless=True)
-    _, stats = mix_datasets_by_ratio([{"name": "openr1-math", "ratio": 1.0, "dataset": endless}], 100, tokenizer,
+    _, stats = mix([{"name": "openr1-math", "ratio": 1.0, "dataset": endless}], 100, tokenizer,
                                      kind="grpo", max_length=512)
     assert stats.sources["openr1-math"].rows_used == 100
     assert len(endless.pulled) <= 100 + TOKENIZE_BATCH
@@ -367,7 +382,7 @@ def _think_parts(content: str) -> tuple[str, str]:
 def test_distill_keeps_the_reasoning_as_think_blocks(tokenizer, rows):
     source = rows["openthoughts"]
     total = 120
-    splits, _ = mix_datasets_by_ratio([{"name": "openthoughts", "ratio": 1.0, "dataset": source}], total, tokenizer,
+    splits, _ = mix([{"name": "openthoughts", "ratio": 1.0, "dataset": source}], total, tokenizer,
                                       kind="distill", max_length=4096, formatting_func=formatter_for("thinking"))
     expected = []
     for row in source[:total]:
@@ -390,7 +405,7 @@ def test_distill_keeps_the_reasoning_as_think_blocks(tokenizer, rows):
 def test_dpo_prompt_is_chosen_without_its_last_turn(tokenizer, rows):
     source = rows["ultrafeedback"]
     total = 150
-    splits, stats = mix_datasets_by_ratio([{"name": "ultrafeedback", "ratio": 1.0, "dataset": source}], total,
+    splits, stats = mix([{"name": "ultrafeedback", "ratio": 1.0, "dataset": source}], total,
                                           tokenizer, kind="dpo", max_length=1024)
     assert stats.sources["ultrafeedback"].dropped_too_long == 0
     expected = [as_key((row["chosen"][:-1], row["chosen"][-1:], row["rejected"][-1:])) for row in source[:total]]
@@ -404,7 +419,7 @@ def test_dpo_prompt_is_chosen_without_its_last_turn(tokenizer, rows):
 def test_grpo_prompts_are_message_lists_and_answers_are_kept(tokenizer, rows):
     source = rows["openr1-math"]
     total = 150
-    splits, _ = mix_datasets_by_ratio([{"name": "openr1-math", "ratio": 1.0, "dataset": source}], total, tokenizer,
+    splits, _ = mix([{"name": "openr1-math", "ratio": 1.0, "dataset": source}], total, tokenizer,
                                       kind="grpo", max_length=512, formatting_func=formatter_for("thinking"))
     expected = sorted(as_key((row["problem"], row["answer"], row["solution"])) for row in source[:total])
     produced = []
@@ -421,7 +436,7 @@ def test_grpo_prompts_are_message_lists_and_answers_are_kept(tokenizer, rows):
 def test_identity_formatting_adds_a_system_turn_only_where_missing(tokenizer, rows):
     source = rows["smoltalk"]
     total = 400
-    splits, _ = mix_datasets_by_ratio([{"name": "smoltalk", "ratio": 1.0, "dataset": source}], total, tokenizer,
+    splits, _ = mix([{"name": "smoltalk", "ratio": 1.0, "dataset": source}], total, tokenizer,
                                       kind="sft", max_length=2048, formatting_func=formatter_for("identity"))
     expected = []
     for row in source[:total]:

@@ -173,7 +173,7 @@ def test_post_training_matches_the_seed(size):
     recipe = load_recipe(size)
     sft, dpo = recipe.stages.sft.training, recipe.stages.dpo.training
     assert [source.dataset for source in recipe.mixtures.sft.sources] == ["smoltalk"]
-    assert recipe.mixtures.sft.max_length == 2048 and recipe.mixtures.sft.packing
+    assert recipe.mixtures.sft.max_length == 2048
     assert sft["learning_rate"] == pytest.approx(SFT_LR[size])
     assert sft["num_train_epochs"] == 2 and sft["gradient_accumulation_steps"] == 128 and sft["packing"] is True
     assert sft["lr_scheduler_type"] == "cosine_with_min_lr" and sft["lr_scheduler_kwargs"] == {"min_lr_rate": 0.1}
@@ -188,6 +188,19 @@ def test_post_training_matches_the_seed(size):
     grpo = recipe.stages.grpo
     assert recipe.mixtures.grpo.max_length == 512 and grpo.training["max_completion_length"] == 1024
     assert grpo.training["num_generations"] >= 2 and set(grpo.rewards) == {"accuracy", "format"}
+
+
+# The guide's data seeds: 233 for pretraining, 42 for the instruct mixtures, 123 for the reasoning ones; the
+# instruct and reasoning mixtures are built unpacked (the SFT trainers' own `packing` is a training argument).
+MIXTURE_SEEDS = {"pretrain": 233, "sft": 42, "dpo": 42, "distill": 123, "grpo": 123}
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_mixture_seeds_and_packing_match_the_guide(size):
+    mixtures = load_recipe(size).mixtures
+    assert {kind: getattr(mixtures, kind).seed for kind in MIXTURE_SEEDS} == MIXTURE_SEEDS
+    assert mixtures.pretrain.packing is True
+    assert mixtures.sft.packing is False and mixtures.distill.packing is False
 
 
 @pytest.mark.parametrize("size", SIZES)

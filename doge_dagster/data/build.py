@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from doge_dagster.data.mixing import MixtureStats, formatter_for, mix_datasets_by_ratio
+from doge_dagster.data.mixing import STATS_FILE, MixtureStats, formatter_for, write_mixture
+from doge_dagster.data.shards import load_mixture
 from doge_dagster.data.sources import open_source
 from doge_dagster.data.tokenizer import check_against_model, load_tokenizer, train_bpe, training_texts
 from doge_dagster.recipes import Recipe, node_sources
 from doge_dagster.registry import dataset_spec
 from doge_dagster.stages import Mixture
 
-STATS_FILE = "mixture_stats.json"
 PREVIEW_ROWS = 5
 
 
@@ -60,8 +61,11 @@ def load_saved_tokenizer(folder: Path):
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def build_mixture(recipe: Recipe, kind: Mixture, tokenizer_dir: Path, out_dir: Path) -> tuple[MixtureStats, list[dict]]:
-    """Mix the sources of mixture `kind`, save a `DatasetDict` (train/test) and its stats; return stats and a preview."""
+def build_mixture(
+    recipe: Recipe, kind: Mixture, tokenizer_dir: Path, out_dir: Path, resume_key: str, log: Callable[[str], None] | None = None
+) -> tuple[MixtureStats, list[dict]]:
+    """Mix the sources of mixture `kind` into `out_dir` (a train/test `DatasetDict` and its stats), continuing a
+    checkpoint of the same `resume_key` found there; return the stats and a preview."""
     mixture = recipe.section(f"mixtures.{kind.name}")
     tokenizer = load_saved_tokenizer(tokenizer_dir)
     entries = [
@@ -72,20 +76,22 @@ def build_mixture(recipe: Recipe, kind: Mixture, tokenizer_dir: Path, out_dir: P
         }
         for use in node_sources(recipe, kind.asset)
     ]
-    splits, stats = mix_datasets_by_ratio(
+    stats = write_mixture(
         entries,
         total_sample_size=mixture.total_size,
         processing_class=tokenizer,
+        output_dir=out_dir,
         kind="pretrain" if kind.packed else kind.name,
         max_length=mixture.max_length,
-        packing=mixture.packing,
         formatting_func=formatter_for(mixture.formatting, mixture.system_prompt),
+        dataset_num_proc=mixture.dataset_num_proc,
         seed=mixture.seed,
         test_size=mixture.test_size,
+        shard_rows=mixture.shard_rows,
+        resume_key=resume_key,
+        log=log,
     )
-    splits.save_to_disk(str(out_dir))
-    (out_dir / STATS_FILE).write_text(json.dumps(stats.to_dict(), indent=2))
-    return stats, preview_rows(splits["train"], tokenizer, kind.packed)
+    return stats, preview_rows(load_mixture(out_dir)["train"], tokenizer, kind.packed)
 
 
 def preview_rows(dataset, tokenizer, packed: bool, count: int = PREVIEW_ROWS) -> list[dict]:

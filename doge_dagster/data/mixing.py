@@ -1,9 +1,11 @@
-"""Mix datasets by ratio into a train/test `DatasetDict`, one function for every stage's data.
+"""Mix datasets by ratio into a train/test `DatasetDict` on disk, one function for every stage's data.
 
 Fixes of the seed's mixer, each tested:
 - seeded random sampling (a shuffled stream), never the first N rows;
-- sampling before tokenizing: a source is read and tokenized only as far as its share needs, so
-  memory stays flat however large the source is;
+- sampling before tokenizing: a source is read and tokenized only as far as its share needs;
+- out of core: rows leave for Arrow shards on disk as they are made (`shards.MixtureWriter`), so memory
+  does not grow with the mixture, and a killed build resumes from its last shard;
+- every core: tokenizing runs in `dataset_num_proc` processes, with the same output for any count;
 - the ratio unit is explicit and honoured: tokens for pretraining, examples for the other kinds;
 - the caller's `datasets_and_ratios` is never mutated;
 - packed pretraining rows put an EOS after every document, and pad differs from EOS, so EOS is trained;
@@ -13,18 +15,28 @@ Fixes of the seed's mixer, each tested:
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 import random
+import tempfile
+import time
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from doge_dagster.data.encoding import BatchMapper, available_cores
+from doge_dagster.data.shards import MixtureWriter, load_mixture
+from doge_dagster.recipes import content_version
 from doge_dagster.registry import dataset_spec
 
 if TYPE_CHECKING:
-    from datasets import Dataset, DatasetDict
+    import pyarrow as pa
+    from datasets import DatasetDict
     from transformers import PreTrainedTokenizerBase
 
 Row = dict[str, Any]
@@ -36,8 +48,12 @@ DEFAULT_THINKING_PROMPT = (
     "then give the final answer after the closing tag."
 )
 TOKENIZE_BATCH = 512  # rows read from a source at a time
-MIN_ENCODE = 64  # fewest texts tokenized in one call (see `_document_stream`)
-MATERIALISE_ROWS = 10_000  # rows per Arrow table while the mixture is built
+MIN_ENCODE = 64  # fewest texts tokenized in one call (see `DocumentSource`)
+SHARD_ROWS = 10_000  # rows per shard on disk: the unit of resume and of the example shuffle
+CHUNK_ROWS = 1_000  # rows handed to the writer at a time
+PROGRESS_SECONDS = 60.0
+STATS_FILE = "mixture_stats.json"
+CARRY_FILE = "packer-carry.int32"  # packed tokens not yet in a row, saved with each checkpoint
 
 
 class MixingError(ValueError):
@@ -46,7 +62,8 @@ class MixingError(ValueError):
 
 @dataclass
 class SourceStats:
-    """What one source contributed: rows read, rows/tokens used, rows dropped as too long."""
+    """What one source contributed: rows taken from its stream (used plus dropped), rows and tokens used,
+    rows dropped as too long, and its target in the mixture's unit."""
 
     rows_read: int = 0
     rows_used: int = 0
@@ -179,6 +196,15 @@ def _batched(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
         yield batch
 
 
+def _skip(rows: Iterable[Row], count: int) -> Iterable[Row]:
+    """`rows` without the first `count` (a `datasets` stream skips in its own reader)."""
+    if count == 0:
+        return rows
+    if hasattr(rows, "skip"):
+        return rows.skip(count)
+    return itertools.islice(rows, count, None)
+
+
 def _text_batches(rows: Iterable[Row], text_field: str, size: int) -> Iterator[list[str]]:
     """The `text_field` of `rows`, `size` rows at a time, in row order.
 
@@ -198,147 +224,227 @@ def _text_batches(rows: Iterable[Row], text_field: str, size: int) -> Iterator[l
         yield [row[text_field] for row in batch]
 
 
-def _batch_encoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[str]], list[list[int]]]:
-    """`texts -> token ids` without special tokens, the same ids as `tokenizer(texts, add_special_tokens=False)`.
+class DocumentSource:
+    """Token ids of one source's documents (EOS appended), in stream order, until its token budget is out.
 
-    For a plain fast tokenizer, whose `__call__` comes down to the Rust backend's `encode_batch`, the backend is
-    called directly (`encode_batch_fast`, no offsets): the per-text `BatchEncoding` conversion cost about a third
-    of the tokenizing time. Anything else (subclasses with their own encoding, backend truncation or padding
-    left on) goes through `__call__`.
+    Rows are tokenized only as far as the budget is likely to need: after a first slice of `MIN_ENCODE`
+    texts, each slice holds the rows the rest of the budget needs at the mean document length so far, plus a
+    fifth, so the end of a source is not tokenized in vain. `consumed` counts the rows taken so far: the
+    position a resumed build skips to.
     """
-    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-    def call(texts: list[str]) -> list[list[int]]:
-        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    def __init__(self, name: str, rows: Iterable[Row], text_field: str, eos: int, budget: int, stats: SourceStats,
+                 mapper: BatchMapper, consumed: int = 0):
+        self.name, self.rows, self.text_field, self.eos = name, rows, text_field, eos
+        self.budget, self.stats, self.mapper, self.consumed = budget, stats, mapper, consumed
 
-    cls, backend = type(tokenizer), getattr(tokenizer, "backend_tokenizer", None)
-    plain = (
-        isinstance(tokenizer, PreTrainedTokenizerFast)
-        and cls.__call__ is PreTrainedTokenizerBase.__call__
-        and cls._encode_plus is PreTrainedTokenizerFast._encode_plus
-        and not hasattr(tokenizer, "_switch_to_input_mode")
-        and backend is not None
-        and backend.truncation is None
-        and backend.padding is None
-        and backend.encode_special_tokens == bool(tokenizer.split_special_tokens)
-    )
-    if not plain:
-        return call
-    encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    def _slices(self) -> Iterator[tuple[list[str], int]]:
+        for texts in _text_batches(_skip(self.rows, self.consumed), self.text_field, TOKENIZE_BATCH):
+            start = 0
+            while start < len(texts):
+                remaining = self.budget - self.stats.tokens
+                needed = math.ceil(1.2 * remaining * self.stats.rows_used / self.stats.tokens) if self.stats.tokens else 0
+                stop = start + min(TOKENIZE_BATCH, max(MIN_ENCODE, needed))
+                yield texts[start:stop], self.eos
+                start = stop
 
-    def direct(texts: list[str]) -> list[list[int]]:
-        return [encoding.ids for encoding in encode_batch(texts, add_special_tokens=False)]
-
-    return direct
-
-
-def _document_stream(
-    name: str, rows: Iterable[Row], text_field: str, tokenizer: PreTrainedTokenizerBase, budget: int, stats: SourceStats
-) -> Iterator[list[int]]:
-    """Token ids of documents (EOS appended), tokenized batch by batch, until `budget` tokens are out.
-
-    Rows are read `TOKENIZE_BATCH` at a time, but tokenized only as far as the budget is likely to need:
-    a first slice of `MIN_ENCODE` texts, then the rows the rest of the budget needs at the source's mean
-    document length so far, plus a fifth; so the last batch of a source is not tokenized in vain.
-    """
-    eos = tokenizer.eos_token_id
-    encode = _batch_encoder(tokenizer)
-    remaining = budget
-    for texts in _text_batches(rows, text_field, TOKENIZE_BATCH):
-        stats.rows_read += len(texts)
-        start = 0
-        while start < len(texts):
-            needed = math.ceil(1.2 * remaining * stats.rows_used / stats.tokens) if stats.tokens else 0
-            stop = start + max(MIN_ENCODE, needed)
-            for ids in encode(texts[start:stop]):
-                ids.append(eos)
-                if len(ids) >= remaining:
-                    ids = ids[:remaining]
+    def __iter__(self) -> Iterator[array]:
+        remaining = self.budget - self.stats.tokens
+        if remaining <= 0:
+            return
+        for flat, lengths in self.mapper.map("documents", self._slices()):
+            offset = 0
+            for length in lengths:
+                ids = flat[offset : offset + min(length, remaining)]
+                offset += length
                 remaining -= len(ids)
-                stats.rows_used += 1
-                stats.tokens += len(ids)
+                self.consumed += 1
+                self.stats.rows_read += 1
+                self.stats.rows_used += 1
+                self.stats.tokens += len(ids)
                 yield ids
                 if remaining == 0:
                     return
-            start = stop
-    raise MixingError(
-        f"source {name!r} ran out after {stats.rows_read} rows and {stats.tokens} tokens of the "
-        f"{budget} it must contribute; lower total_size or give the source more rows"
-    )
+        raise MixingError(
+            f"source {self.name!r} ran out after {self.stats.rows_read} rows and {self.stats.tokens} tokens of the "
+            f"{self.budget} it must contribute; lower total_size or give the source more rows"
+        )
 
 
-def _pack(documents: Iterable[list[int]], max_length: int, pad_id: int) -> Iterator[Dataset]:
+class ExampleSource:
+    """One source's examples in the trainers' columns, too-long ones dropped and counted, until its target."""
+
+    def __init__(self, name: str, rows: Iterable[Row], target: int, stats: SourceStats, mapper: BatchMapper,
+                 max_length: int, formatting_func: Formatter | None, consumed: int = 0):
+        self.name, self.rows, self.target, self.stats, self.mapper = name, rows, target, stats, mapper
+        self.max_length, self.formatting_func, self.consumed = max_length, formatting_func, consumed
+
+    def __iter__(self) -> Iterator[Row]:
+        if self.stats.rows_used >= self.target:
+            return
+        kind = dataset_spec(self.name).kind
+        in_flight: deque[list[Row]] = deque()
+
+        def batches() -> Iterator[list[Row]]:
+            for batch in _batched(_skip(self.rows, self.consumed), TOKENIZE_BATCH):
+                examples = [convert_row(kind, row) for row in batch]
+                if self.formatting_func is not None:
+                    examples = [_as_example(self.formatting_func(example)) for example in examples]
+                in_flight.append(examples)
+                yield examples
+
+        for lengths in self.mapper.map("example_lengths", batches()):
+            for example, length in zip(in_flight.popleft(), lengths):
+                self.consumed += 1
+                self.stats.rows_read += 1
+                if length > self.max_length:
+                    self.stats.dropped_too_long += 1
+                    continue
+                self.stats.rows_used += 1
+                self.stats.tokens += length
+                yield {**example, "source": self.name}
+                if self.stats.rows_used >= self.target:
+                    return
+        raise MixingError(
+            f"source {self.name!r} gave {self.stats.rows_used} usable examples of the {self.target} asked "
+            f"({self.stats.dropped_too_long} longer than max_length {self.max_length}); lower total_size, raise "
+            "max_length or give the source more rows"
+        )
+
+
+def _as_example(row: Row) -> Row:
+    """A formatted row in the trainers' columns: the seed's formatters return `{"conversation": [...]}`."""
+    if "conversation" in row and "messages" not in row:
+        rest = {key: value for key, value in row.items() if key != "conversation"}
+        return {**rest, "messages": _messages(row["conversation"])}
+    return row
+
+
+class Interleaver:
+    """Draw items from the sources at random, weighted by their targets (seeded); its state survives a restart."""
+
+    def __init__(self, weights: dict[str, int], seed: int, saved: dict[str, Any] | None = None):
+        self.weights = weights
+        self.rng = random.Random(seed)
+        self.live = [name for name, weight in weights.items() if weight > 0]
+        if saved:
+            version, internal, gauss = saved["rng"]
+            self.rng.setstate((version, tuple(internal), gauss))
+            self.live = list(saved["live"])
+
+    def draw(self, streams: dict[str, Iterator]) -> Iterator:
+        """The next item of a randomly chosen live stream, until every stream is exhausted."""
+        # `choices(weights=w)` accumulates `w` on every call; passing the sums draws exactly the same.
+        cum_weights = list(accumulate(self.weights[name] for name in self.live))
+        while self.live:
+            name = self.rng.choices(self.live, cum_weights=cum_weights)[0]
+            try:
+                yield next(streams[name])
+            except StopIteration:
+                self.live.remove(name)
+                cum_weights = list(accumulate(self.weights[name] for name in self.live))
+
+    def state(self) -> dict[str, Any]:
+        """JSON-able state: the generator's internals and the live sources."""
+        return {"rng": self.rng.getstate(), "live": list(self.live)}
+
+
+class Packer:
     """Concatenate documents (each ends with EOS) and cut rows of exactly `max_length`; pad the last.
 
-    Tokens gather in a flat C int buffer (not Python lists) and leave as `input_ids` datasets of up to
-    `MATERIALISE_ROWS` rows, built straight from Arrow buffers.
+    Tokens gather in a flat C int buffer (not Python lists) and leave as `input_ids` tables of `chunk_rows`
+    rows built straight from the buffer.
     """
-    rows_per_part = max(1, min(MATERIALISE_ROWS, (2**31 - 1) // max_length))  # int32 list offsets
-    part_tokens = rows_per_part * max_length
-    buffer = array("i")
-    for ids in documents:
-        buffer.extend(ids)
-        if len(buffer) >= part_tokens:
-            yield _packed_dataset(buffer[:part_tokens], max_length)
-            del buffer[:part_tokens]
-    if buffer:
-        buffer.extend([pad_id] * (-len(buffer) % max_length))
-        yield _packed_dataset(buffer, max_length)
+
+    def __init__(self, max_length: int, pad_id: int, chunk_rows: int, carry: array | None = None):
+        self.max_length, self.pad_id = max_length, pad_id
+        self.chunk_tokens = max(1, min(chunk_rows, (2**31 - 1) // max_length)) * max_length  # int32 offsets
+        self.buffer = carry if carry is not None else array("i")
+
+    def add(self, ids: array) -> None:
+        """Append one document."""
+        self.buffer.extend(ids)
+
+    def chunks(self) -> Iterator[pa.Table]:
+        """Full chunks of rows, as long as the buffer holds one."""
+        while len(self.buffer) >= self.chunk_tokens:
+            table = _packed_table(self.buffer[: self.chunk_tokens], self.max_length)
+            del self.buffer[: self.chunk_tokens]
+            yield table
+
+    def finish(self) -> Iterator[pa.Table]:
+        """The rest of the buffer as rows, the last one padded."""
+        if self.buffer:
+            self.buffer.extend([self.pad_id] * (-len(self.buffer) % self.max_length))
+            table = _packed_table(self.buffer, self.max_length)
+            self.buffer = array("i")
+            yield table
 
 
-def _packed_dataset(tokens: array, max_length: int) -> Dataset:
-    """An `input_ids` dataset of rows of `max_length` tokens, typed list<int32> as `Dataset.from_list` types it."""
+def _packed_table(tokens: array, max_length: int) -> pa.Table:
+    """An `input_ids` table of rows of `max_length` tokens, typed list<int32> as `Dataset.from_list` types it."""
     import numpy as np
     import pyarrow as pa
-    from datasets import Dataset
-    from datasets.table import InMemoryTable
 
     values = pa.array(np.frombuffer(tokens, dtype=np.intc))
     offsets = pa.array(np.arange(0, len(tokens) + 1, max_length, dtype=np.int32))
-    table = pa.Table.from_arrays([pa.ListArray.from_arrays(offsets, values)], names=["input_ids"])
-    return Dataset(InMemoryTable(table))
+    return pa.Table.from_arrays([pa.ListArray.from_arrays(offsets, values)], names=["input_ids"])
 
 
-def _interleave(streams: dict[str, Iterator[list[int]]], weights: dict[str, int], seed: int) -> Iterator[list[int]]:
-    """Draw documents from the sources at random, weighted by their token budgets (seeded)."""
-    rng = random.Random(seed)
-    live = dict(streams)
-    names = list(live)
-    # `choices(weights=w)` accumulates `w` on every call; passing the sums draws exactly the same.
-    cum_weights = list(accumulate(weights[n] for n in names))
-    while live:
-        name = rng.choices(names, cum_weights=cum_weights)[0]
-        try:
-            yield next(live[name])
-        except StopIteration:
-            del live[name]
-            names = list(live)
-            cum_weights = list(accumulate(weights[n] for n in names))
+class Progress:
+    """Done, rate and ETA per source in the log, every `interval` seconds."""
+
+    def __init__(self, stats: MixtureStats, log: Callable[[str], None] | None, interval: float = PROGRESS_SECONDS):
+        self.stats, self.log, self.interval = stats, log, interval
+        self.started = self.last = time.monotonic()
+        self.done_at_start = {name: self._done(source) for name, source in stats.sources.items()}
+
+    def _done(self, source: SourceStats) -> int:
+        return source.tokens if self.stats.unit == "tokens" else source.rows_used
+
+    def tick(self, force: bool = False) -> None:
+        """Log a progress line when the interval has passed (or when forced)."""
+        now = time.monotonic()
+        if self.log is None or (not force and now - self.last < self.interval):
+            return
+        self.last = now
+        elapsed = max(now - self.started, 1e-9)
+        parts = []
+        for name, source in self.stats.sources.items():
+            done = self._done(source)
+            rate = (done - self.done_at_start[name]) / elapsed
+            left = max(source.target - done, 0)
+            eta = f"{left / rate:,.0f} s" if rate > 0 else ("done" if not left else "unknown")
+            parts.append(f"{name} {done:,}/{source.target:,} {self.stats.unit} ({rate:,.0f}/s, ETA {eta})")
+        self.log("mixture progress: " + "; ".join(parts))
 
 
-def mix_datasets_by_ratio(
+def write_mixture(
     datasets_and_ratios: Sequence[Mapping[str, Any]],
     total_sample_size: int,
     processing_class: PreTrainedTokenizerBase,
+    output_dir: str | Path,
     kind: str = "pretrain",
     dataset_text_field: str = "text",
     max_length: int = 2048,
-    packing: bool = True,
     formatting_func: Formatter | None = None,
     dataset_num_proc: int | None = None,
     seed: int = 233,
-    cache_dir: str | None = None,
     test_size: float = 0.02,
-) -> tuple[DatasetDict, MixtureStats]:
-    """Mix datasets by ratio into a `DatasetDict` with `train` and `test` splits.
+    shard_rows: int = SHARD_ROWS,
+    resume_key: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> MixtureStats:
+    """Mix datasets by ratio into `output_dir` (the `save_to_disk` layout of a train/test `DatasetDict`).
 
-    `datasets_and_ratios` holds entries `{"name": str, "dataset": iterable of rows, "ratio": float}`
-    (or the seed's `{name: ratio}` plus `"dataset"`); rows follow the Hub schema of `name` (a key of
-    the dataset registry) and should already be shuffled (see `sources.open_source`).
-    `dataset_num_proc` and `cache_dir` are accepted for the seed's signature; streaming makes them moot.
-    `kind` is `pretrain` (ratios and `total_sample_size` in tokens, packed rows of `max_length`) or
-    `sft`, `dpo`, `distill`, `grpo` (ratios and size in examples; examples longer than `max_length`
-    tokens after the chat template are dropped and replaced). Returns the splits and the realised stats.
+    `datasets_and_ratios` holds entries `{"name": str, "dataset": iterable of rows, "ratio": float}` (or the
+    seed's `{name: ratio, "dataset": ...}`); rows follow the Hub schema of `name` (a key of the dataset
+    registry) and should already be shuffled (see `sources.open_source`). `kind` is `pretrain` (ratios and
+    `total_sample_size` in tokens, packed rows of `max_length`) or `sft`, `dpo`, `distill`, `grpo` (ratios and
+    size in examples; examples longer than `max_length` tokens after the chat template are dropped and
+    replaced). Tokenizing runs in `dataset_num_proc` processes (default: the cores available). A folder
+    holding a checkpoint of the same mixture (`resume_key`, by default derived from the arguments) is
+    continued from its last shard. Returns the realised stats, also saved as `mixture_stats.json`.
     """
     entries = [_normalise_entry(entry) for entry in datasets_and_ratios]
     ratios = {entry["name"]: float(entry["ratio"]) for entry in entries}
@@ -348,103 +454,169 @@ def mix_datasets_by_ratio(
         raise MixingError(f"total_sample_size must be positive, got {total_sample_size}")
     if processing_class.pad_token_id is None or processing_class.pad_token_id == processing_class.eos_token_id:
         raise MixingError("the tokenizer's pad token must exist and differ from EOS, or EOS is never trained")
-    stats = MixtureStats(unit="tokens" if kind == "pretrain" else "examples", requested_ratios=ratios)
+    if not 0 < test_size < 1:
+        raise MixingError(f"test_size must be between 0 and 1, got {test_size}")
     targets = split_counts(total_sample_size, ratios)
-    if kind == "pretrain":
-        parts = _pretrain_parts(entries, targets, stats, processing_class, dataset_text_field, max_length, seed)
-    else:
-        rows = _example_rows(entries, targets, stats, processing_class, kind, max_length, formatting_func, seed)
-        parts = _example_parts(rows)
-    dataset = _materialise(parts)
-    splits = dataset.train_test_split(test_size=test_size, seed=seed) if len(dataset) > 1 else None
-    if splits is None or len(splits["test"]) == 0 or len(splits["train"]) == 0:
-        raise MixingError(f"the mixture has {len(dataset)} row(s): too few for a train and a test split; raise total_size")
-    stats.train_rows, stats.test_rows = len(splits["train"]), len(splits["test"])
-    return splits, stats
+    pretrain = kind == "pretrain"
+    key = resume_key or content_version(
+        "mixture", sorted(ratios.items()), total_sample_size, kind, dataset_text_field, max_length, seed, test_size,
+        shard_rows, _tokenizer_fingerprint(processing_class),
+    )
+    writer = MixtureWriter(Path(output_dir), key, seed, test_size, shard_rows, shuffle=not pretrain)
+    saved = writer.resume() or {}
+    if saved and log:
+        log(f"resuming the mixture from its checkpoint: {writer.rows('train'):,} train rows already written")
+    stats = MixtureStats(unit="tokens" if pretrain else "examples", requested_ratios=ratios)
+    for entry in entries:
+        name = entry["name"]
+        previous = saved.get("sources", {}).get(name)
+        stats.sources[name] = SourceStats(**previous["stats"]) if previous else SourceStats(target=targets[name])
+    num_proc = dataset_num_proc or available_cores()
+    with BatchMapper(processing_class, num_proc, needs_full_tokenizer=not pretrain) as mapper:
+        consumed = {name: saved.get("sources", {}).get(name, {}).get("consumed", 0) for name in ratios}
+        if pretrain:
+            sources = {
+                entry["name"]: DocumentSource(entry["name"], entry["dataset"], dataset_text_field, processing_class.eos_token_id,
+                                              targets[entry["name"]], stats.sources[entry["name"]], mapper, consumed[entry["name"]])
+                for entry in entries
+            }
+        else:
+            sources = {
+                entry["name"]: ExampleSource(entry["name"], entry["dataset"], targets[entry["name"]], stats.sources[entry["name"]],
+                                             mapper, max_length, formatting_func, consumed[entry["name"]])
+                for entry in entries
+            }
+        interleaver = Interleaver(targets, seed, saved.get("interleave"))
+        progress = Progress(stats, log)
+
+        def checkpoint(carry: array | None = None) -> None:
+            if carry is not None:
+                writer.carry_path(CARRY_FILE).parent.mkdir(parents=True, exist_ok=True)
+                writer.carry_path(CARRY_FILE).write_bytes(carry.tobytes())
+            writer.checkpoint({
+                "sources": {name: {"consumed": source.consumed, "stats": vars(stats.sources[name])} for name, source in sources.items()},
+                "interleave": interleaver.state(),
+            })
+
+        streams = {name: iter(source) for name, source in sources.items()}
+        if pretrain:
+            carry = array("i")
+            if saved and writer.carry_path(CARRY_FILE).is_file():
+                carry.frombytes(writer.carry_path(CARRY_FILE).read_bytes())
+            packer = Packer(max_length, processing_class.pad_token_id, min(CHUNK_ROWS, shard_rows), carry)
+            _write_packed(interleaver.draw(streams), packer, writer, lambda: checkpoint(packer.buffer), progress)
+        else:
+            _write_examples(interleaver.draw(streams), writer, checkpoint, progress, min(CHUNK_ROWS, shard_rows))
+    progress.tick(force=True)
+    stats.train_rows, stats.test_rows = writer.rows("train"), writer.rows("test")
+    if not stats.train_rows or not stats.test_rows:
+        raise MixingError(
+            f"the mixture has {stats.train_rows + stats.test_rows} row(s): too few for a train and a test split "
+            f"(one row in {writer.stride} goes to test); raise total_size or test_size"
+        )
+    writer.finish()
+    (Path(output_dir) / STATS_FILE).write_text(json.dumps(stats.to_dict(), indent=2))
+    return stats
 
 
-def _normalise_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
-    if "name" in entry and "ratio" in entry:
-        return {"name": entry["name"], "ratio": entry["ratio"], "dataset": entry["dataset"]}
+def _write_packed(documents: Iterator[array], packer: Packer, writer: MixtureWriter, checkpoint, progress: Progress) -> None:
+    def hand_over(tables: Iterator[pa.Table]) -> None:
+        for table in tables:
+            if writer.add(table):
+                checkpoint()
+            progress.tick()
+
+    hand_over(packer.chunks())  # a resumed build's carried tokens first
+    for ids in documents:
+        packer.add(ids)
+        hand_over(packer.chunks())
+    hand_over(packer.finish())
+
+
+def _write_examples(examples: Iterator[Row], writer: MixtureWriter, checkpoint, progress: Progress, chunk_rows: int) -> None:
+    import pyarrow as pa
+
+    for chunk in _batched(examples, chunk_rows):
+        if writer.add(pa.Table.from_pylist(chunk)):
+            checkpoint()
+        progress.tick()
+
+
+def _tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    content = backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items())
+    return content_version(content, getattr(tokenizer, "chat_template", None))
+
+
+def mix_datasets_by_ratio(
+    datasets_and_ratios: Sequence[Mapping[str, Any]],
+    total_sample_size: int,
+    processing_class: PreTrainedTokenizerBase,
+    dataset_text_field: str = "text",
+    max_length: int = 2048,
+    packing: bool = True,
+    formatting_func: Formatter | None = None,
+    dataset_num_proc: int | None = None,
+    seed: int = 233,
+    cache_dir: str | None = None,
+    kind: str | None = None,
+    test_size: float = 0.02,
+) -> DatasetDict:
+    """The seed's call: mix named datasets by ratio and return a train/test `DatasetDict` (memory-mapped).
+
+    Works as the SmallDoge guide writes it: `datasets_and_ratios=[{"fineweb-edu": 0.7}, ...]` names datasets
+    of the registry, and the library opens them itself (see `sources.open_named_source`: the Hub, a local
+    mirror from `DOGE_DATA_MIRROR`, or generated data with `DOGE_DATA_GENERATED=<rows>`); an entry may also
+    bring its own rows as `"dataset"`. `kind` defaults to `pretrain` with `packing=True` and to the kind of
+    the named datasets otherwise. The mixture is written under `cache_dir` (default: a temporary folder), so
+    a repeated or interrupted call continues from what is there. Save it with `save_to_disk` as usual.
+    """
+    from doge_dagster.data.sources import open_named_source
+
+    entries = []
+    for entry in datasets_and_ratios:
+        normalised = _normalise_entry(entry, require_dataset=False)
+        if normalised["dataset"] is None:
+            normalised["dataset"] = open_named_source(normalised["name"], seed, cache_dir)
+        entries.append(normalised)
+    kind = kind or _default_kind([entry["name"] for entry in entries], packing)
+    base = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "doge-mixtures"
+    key = content_version(
+        "mixture", [(entry["name"], float(entry["ratio"])) for entry in entries], total_sample_size, kind,
+        dataset_text_field, max_length, seed, test_size, _tokenizer_fingerprint(processing_class),
+        getattr(formatting_func, "__qualname__", None),
+    )
+    folder = base / "mixtures" / key
+    if not (folder / STATS_FILE).is_file():
+        write_mixture(
+            entries, total_sample_size, processing_class, folder, kind=kind, dataset_text_field=dataset_text_field,
+            max_length=max_length, formatting_func=formatting_func, dataset_num_proc=dataset_num_proc, seed=seed,
+            test_size=test_size, resume_key=key, log=print,
+        )
+    return load_mixture(folder)
+
+
+mix_datasets_by_radio = mix_datasets_by_ratio  # the seed's spelling
+
+
+def _default_kind(names: list[str], packing: bool) -> str:
+    kinds = {dataset_spec(name).kind for name in names}
+    if kinds == {"text"}:
+        if not packing:
+            raise MixingError("text datasets are pretraining data: they are always packed; pass packing=True")
+        return "pretrain"
+    by_dataset_kind = {"conversation": "sft", "preference": "dpo", "reasoning": "distill", "math_problem": "grpo"}
+    if len(kinds) != 1 or next(iter(kinds)) not in by_dataset_kind:
+        raise MixingError(f"datasets of different kinds cannot be mixed: {sorted(kinds)}")
+    return by_dataset_kind[next(iter(kinds))]
+
+
+def _normalise_entry(entry: Mapping[str, Any], require_dataset: bool = True) -> dict[str, Any]:
+    if "name" in entry and "ratio" in entry and ("dataset" in entry or not require_dataset):
+        return {"name": entry["name"], "ratio": entry["ratio"], "dataset": entry.get("dataset")}
     names = [key for key in entry if key != "dataset"]
-    if len(names) != 1 or "dataset" not in entry:
+    if len(names) != 1 or ("dataset" not in entry and require_dataset):
         raise MixingError(f"each entry needs name, ratio and dataset; got keys {sorted(entry)}")
-    return {"name": names[0], "ratio": entry[names[0]], "dataset": entry["dataset"]}
+    return {"name": names[0], "ratio": entry[names[0]], "dataset": entry.get("dataset")}
 
 
-def _pretrain_parts(entries, targets, stats, tokenizer, text_field, max_length, seed) -> Iterator[Dataset]:
-    streams = {}
-    for entry in entries:
-        name = entry["name"]
-        stats.sources[name] = SourceStats(target=targets[name])
-        if targets[name] > 0:
-            streams[name] = _document_stream(name, entry["dataset"], text_field, tokenizer, targets[name], stats.sources[name])
-    documents = _interleave(streams, targets, seed)
-    return _pack(documents, max_length, tokenizer.pad_token_id)
-
-
-def _example_rows(entries, targets, stats, tokenizer, kind, max_length, formatting_func, seed) -> Iterator[Row]:
-    chosen: list[Row] = []
-    for entry in entries:
-        name = entry["name"]
-        spec = dataset_spec(name)
-        source_stats = stats.sources[name] = SourceStats(target=targets[name])
-        # Stop right after the batch that meets the target: checking before pulling the next batch
-        # read (and, for a Hub stream, downloaded) a whole extra batch for nothing.
-        for batch in _batched(entry["dataset"] if targets[name] > 0 else (), TOKENIZE_BATCH):
-            source_stats.rows_read += len(batch)
-            examples = [convert_row(spec.kind, row) for row in batch]
-            if formatting_func is not None:
-                examples = [formatting_func(example) for example in examples]
-            for example, length in zip(examples, _example_lengths(tokenizer, examples)):
-                if source_stats.rows_used >= targets[name]:
-                    break
-                if length > max_length:
-                    source_stats.dropped_too_long += 1
-                    continue
-                source_stats.rows_used += 1
-                source_stats.tokens += length
-                chosen.append({**example, "source": name})
-            if source_stats.rows_used >= targets[name]:
-                break
-        if source_stats.rows_used < targets[name]:
-            raise MixingError(
-                f"source {name!r} gave {source_stats.rows_used} usable examples of the {targets[name]} asked "
-                f"({source_stats.dropped_too_long} longer than max_length {max_length}); lower total_size, raise "
-                "max_length or give the source more rows"
-            )
-    random.Random(seed).shuffle(chosen)
-    return iter(chosen)
-
-
-def _example_lengths(tokenizer: PreTrainedTokenizerBase, examples: list[Row]) -> list[int]:
-    """Token length of each example as its trainer will see it (longest sequence for preference pairs)."""
-    if "messages" in examples[0]:
-        conversations = [example["messages"] for example in examples]
-    elif "chosen" in examples[0]:
-        conversations = [example["prompt"] + example[side] for example in examples for side in ("chosen", "rejected")]
-    else:
-        conversations = [example["prompt"] for example in examples]
-    texts = tokenizer.apply_chat_template(conversations, tokenize=False, add_generation_prompt="answer" in examples[0])
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    if "chosen" in examples[0]:
-        return [max(lengths[index], lengths[index + 1]) for index in range(0, len(lengths), 2)]
-    return lengths
-
-
-def _example_parts(rows: Iterator[Row]) -> Iterator[Dataset]:
-    """Datasets of up to `MATERIALISE_ROWS` examples, so rows never pile up as Python objects."""
-    from datasets import Dataset
-
-    for batch in _batched(rows, MATERIALISE_ROWS):
-        yield Dataset.from_list(batch)
-
-
-def _materialise(parts: Iterator[Dataset]) -> Dataset:
-    """One dataset from the mixture's parts, in order."""
-    from datasets import concatenate_datasets
-
-    tables = list(parts)
-    if not tables:
-        raise MixingError("the mixture is empty: every source contributed nothing")
-    return concatenate_datasets(tables) if len(tables) > 1 else tables[0]
