@@ -59,3 +59,19 @@ def test_the_stage_table_lists_the_chains_stages_in_order():
     table = README.read_text().split("## Training stages", 1)[1].split("\n\n", 2)[1]
     assets = [line.split("|")[1].strip().strip("`") for line in table.splitlines()[2:]]
     assert assets == [stage.asset for stage in CHAIN.stages]
+
+
+def test_the_seed_call_snippet_runs_on_generated_data(tmp_path):
+    """The README's example of the seed's `mix_datasets_by_radio` call runs as printed and saves a DatasetDict."""
+    import subprocess
+    import sys
+
+    from datasets import load_from_disk
+
+    section = README.read_text().split("**The seed's call runs as written**", 1)[1]
+    script = section.split("```bash", 1)[1].split("```", 1)[0].replace(".venv/bin/python", sys.executable)
+    completed = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    splits = load_from_disk(str(tmp_path / "pretrain_dataset"))
+    assert set(splits) == {"train", "test"} and len(splits["train"]) > 10 * len(splits["test"]) > 0
+    assert (tmp_path / "cache" / "mixtures").is_dir()

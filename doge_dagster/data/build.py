@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from doge_dagster.data.blobs import BlobFetchStats
 from doge_dagster.data.mixing import STATS_FILE, MixtureStats, formatter_for, write_mixture
 from doge_dagster.data.shards import load_mixture
 from doge_dagster.data.sources import open_source
@@ -68,13 +69,15 @@ def build_mixture(
     checkpoint of the same `resume_key` found there; return the stats and a preview."""
     mixture = recipe.section(f"mixtures.{kind.name}")
     tokenizer = load_saved_tokenizer(tokenizer_dir)
+    uses = node_sources(recipe, kind.asset)
+    blob_stats = {use.ref.dataset: BlobFetchStats() for use in uses if use.ref.contents is not None}
     entries = [
         {
             "name": use.ref.dataset,
             "ratio": use.ref.ratio,
-            "dataset": open_source(use.ref, mixture.seed, mixture.shuffle_buffer),
+            "dataset": open_source(use.ref, mixture.seed, mixture.shuffle_buffer, blob_stats=blob_stats.get(use.ref.dataset)),
         }
-        for use in node_sources(recipe, kind.asset)
+        for use in uses
     ]
     stats = write_mixture(
         entries,
@@ -91,6 +94,8 @@ def build_mixture(
         resume_key=resume_key,
         log=log,
     )
+    for name, counts in blob_stats.items():
+        stats.sources[name].blob_fetch = {key: value for key, value in vars(counts).items() if key != "last_failure"}
     return stats, preview_rows(load_mixture(out_dir)["train"], tokenizer, kind.packed)
 
 

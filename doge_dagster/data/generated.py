@@ -420,13 +420,15 @@ def arrow_schema(dataset_name: str) -> pa.Schema:
 
 
 def write_hub_layout(dataset_name: str, root: str | Path, num_rows: int, seed: int,
-                     num_shards: int = 2, test_rows: int = 0) -> Path:
+                     num_shards: int = 2, test_rows: int = 0, without: tuple[str, ...] = ()) -> Path:
     """Write the dataset into `root/<hub_id>/` laid out as the Hugging Face Hub serves it; return that folder.
 
     Shards go to `<config or "default">/<split>-0000i-of-0000N.parquet` (fewer than `num_shards` when there
     are fewer rows, so none is empty), replacing shards an earlier call wrote for this config. The test
     split (when `test_rows > 0` and the dataset has one) is seeded with its own split name, so its rows
     differ from train. README.md lists every config folder, since several datasets share one repo.
+    Columns named in `without` are left out of the files, e.g. python-edu's `text`, which the Hub config does
+    not ship (its rows carry blob ids; the texts of `generate_rows` are then what a blob store serves).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -434,6 +436,10 @@ def write_hub_layout(dataset_name: str, root: str | Path, num_rows: int, seed: i
     spec = dataset_spec(dataset_name)
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    unknown = [column for column in without if column not in spec.columns]
+    if unknown:
+        raise ValueError(f"{dataset_name} has no column(s) {', '.join(unknown)} to leave out; "
+                         f"it has {', '.join(spec.columns)}")
     repo = Path(root) / spec.hub_id
     config_dir = repo / (spec.config or "default")
     config_dir.mkdir(parents=True, exist_ok=True)
@@ -446,7 +452,7 @@ def write_hub_layout(dataset_name: str, root: str | Path, num_rows: int, seed: i
         if split == spec.test_split and rows <= 0:
             continue
         table = pa.Table.from_pylist(list(generate_rows(dataset_name, rows, seed, split)),
-                                     schema=arrow_schema(dataset_name))
+                                     schema=arrow_schema(dataset_name)).drop_columns(list(without))
         shards = max(1, min(num_shards, rows))
         bounds = [rows * shard // shards for shard in range(shards + 1)]
         for shard in range(shards):

@@ -70,6 +70,7 @@ class SourceStats:
     tokens: int = 0
     dropped_too_long: int = 0
     target: int = 0
+    blob_fetch: dict[str, int] | None = None  # python-edu fetched by blob id: fetched / cached / failed counts
 
 
 @dataclass
