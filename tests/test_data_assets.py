@@ -371,3 +371,57 @@ def test_a_source_missing_a_column_fails_before_publishing(tmp_path, recipes_dir
     assert published == {"tokenizer"}
     assert not (artifacts / "sft_mixture").exists() or not any(
         path.is_file() for path in (artifacts / "sft_mixture").rglob("*"))
+
+
+@pytest.mark.slow
+def test_a_mixture_build_killed_mid_way_resumes_and_publishes_what_a_whole_build_publishes(tmp_path):
+    """SIGKILL the CLI while it writes the pretraining mixture, materialize again: it continues from the last
+    shard (the staging folder of the version survives) and publishes the same files as an uninterrupted build."""
+    import signal
+    import time
+
+    raw = tiny_raw()
+    raw["mixtures"]["pretrain"]["shard_rows"] = 500  # many checkpoints in tiny's 11,000 rows
+    raw["mixtures"]["pretrain"]["dataset_num_proc"] = 1  # slower, so the kill lands mid-way
+    recipes_dir = tmp_path / "recipes"
+    recipes_dir.mkdir()
+    (recipes_dir / "tiny.yaml").write_text(yaml.safe_dump(raw))
+    shutil.copytree(RECIPES_DIR / "accelerate", recipes_dir / "accelerate")
+    for home in ("a", "b"):
+        (tmp_path / home).mkdir()
+    selection = ["asset", "materialize", "-m", "doge_dagster.definitions", "--select", "tokenizer,pretrain_mixture", "--partition", "tiny"]
+
+    whole_root = tmp_path / "whole"
+    whole = run_cli(selection, cli_env(tmp_path / "a", whole_root, recipes_dir), timeout=900)
+    assert whole.returncode == 0, whole.stderr[-5000:]
+
+    root = tmp_path / "killed"
+    env = cli_env(tmp_path / "b", root, recipes_dir)
+    victim = subprocess.Popen([DAGSTER, *selection], cwd=PROJECT_ROOT, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, killed_at = time.monotonic() + 600, None
+    while time.monotonic() < deadline and victim.poll() is None:
+        progress = list(root.glob("pretrain_mixture/tiny/.staging/*-resumable/.resume/progress.json"))
+        if progress:
+            try:
+                killed_at = json.loads(progress[0].read_text())["shards"]["train"]["rows"]
+            except (OSError, ValueError):  # replaced while read
+                continue
+            if killed_at >= 2000:
+                os.killpg(victim.pid, signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    victim.wait(timeout=60)
+    assert killed_at is not None and victim.returncode == -signal.SIGKILL, "the build ended before it could be killed"
+    assert not list(root.glob(f"pretrain_mixture/tiny/*/{MANIFEST_NAME}")), "a killed build must publish nothing"
+
+    again = run_cli(selection, env, timeout=900)
+    assert again.returncode == 0, again.stderr[-5000:]
+    assert f"{killed_at:,} train rows already written" in again.stdout + again.stderr
+
+    def files(store_root: Path) -> list:
+        manifest = json.loads(next(store_root.glob(f"pretrain_mixture/tiny/*/{MANIFEST_NAME}")).read_text())
+        return sorted((entry["path"], entry["size"], entry["sha256"]) for entry in manifest["files"])
+
+    assert files(root) == files(whole_root)
+    assert not list(root.glob("pretrain_mixture/tiny/.staging/*")), "the staging folder is published, not left behind"
