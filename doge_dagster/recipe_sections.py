@@ -144,7 +144,7 @@ class MixtureRecipe(Strict):
     sources: list[SourceRef] = Field(min_length=1)
     total_size: int = Field(gt=0)
     max_length: int = Field(gt=0)
-    packing: bool = False
+    packing: bool | None = Field(None, description="true for pretraining (always packed), false for example mixtures")
     seed: int = 233
     test_size: float = Field(0.02, gt=0, lt=0.5)
     ratio_tolerance: float = Field(0.05, gt=0, lt=1)

@@ -97,6 +97,13 @@ def recipe_model(chain: Chain) -> type[Strict]:
                             f"mixtures.{mixture.name}.sources.{index}.dataset: {source.dataset!r} holds {actual} "
                             f"rows, but the {mixture.name} mixture needs {mixture.dataset_kind} datasets"
                         )
+                if section is not None and section.packing is not None and section.packing != mixture.packed:
+                    raise ValueError(
+                        f"mixtures.{mixture.name}.packing: pretraining rows are always packed; set it to true"
+                        if mixture.packed
+                        else f"mixtures.{mixture.name}.packing: the {mixture.name} mixture stores whole examples (the "
+                        "trainer packs them when its `packing` training setting is on); set it to false"
+                    )
             return self
 
         def section(self, dotted: str) -> Any:

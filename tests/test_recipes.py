@@ -467,3 +467,11 @@ def test_continued_pretraining_accepts_versions_hub_ids_and_folders(reference):
     upstream = plan_versions(recipe, _fingerprint, nodes=["doge_base"])["doge_base"].upstream
     assert upstream.get("doge_base") == ("0123456789abcdef" if reference.startswith("doge_base:") else None)
     assert "doge_base" not in plan_versions(load_recipe("tiny"), _fingerprint, nodes=["doge_base"])["doge_base"].upstream
+
+
+@pytest.mark.parametrize(("mixture", "packing", "fix"), [("pretrain", False, "set it to true"), ("sft", True, "set it to false")])
+def test_mixture_packing_that_the_mixer_cannot_honour_is_refused(mixture, packing, fix):
+    raw = yaml.safe_load((RECIPES_DIR / "tiny.yaml").read_text())
+    raw["mixtures"][mixture]["packing"] = packing
+    with pytest.raises(RecipeError, match=f"mixtures.{mixture}.packing: .*{fix}"):
+        parse_recipe(raw, "tiny.yaml")
