@@ -262,6 +262,17 @@ def test_configs_sharing_a_repo_stay_listed_and_loadable(tmp_path):
         assert rows == list(generate_rows(name, count, seed=0))
 
 
+def test_python_edu_as_the_hub_serves_it_has_blob_ids_only(tmp_path):
+    """`without=("text",)`: the python-edu config as on the Hub, its blob ids those of the texts generate_rows gives."""
+    repo = write_hub_layout("python-edu", tmp_path, num_rows=6, seed=3, without=("text",))
+    rows = _load(repo, "python-edu", "train", tmp_path / "cache", streaming=True)
+    full = list(generate_rows("python-edu", 6, seed=3))
+    assert rows == [{key: value for key, value in row.items() if key != "text"} for row in full]
+    assert all(row["blob_id"] == hashlib.sha1(row["text"].encode()).hexdigest() for row in full)
+    with pytest.raises(ValueError, match="python-edu has no column.s. content to leave out"):
+        write_hub_layout("python-edu", tmp_path, num_rows=6, seed=3, without=("content",))
+
+
 def test_test_split_is_written_when_asked_and_differs_from_train(tmp_path):
     repo = write_hub_layout("ultrafeedback", tmp_path, num_rows=6, seed=2, test_rows=3)
     assert "config_name: default" in (repo / "README.md").read_text()
