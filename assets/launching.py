@@ -5,9 +5,14 @@ Shared by the training and the evaluation assets; the launched process publishes
 
 from pathlib import Path
 
+import dagster as dg
+
 from assets.versioned import BuildContext, BuildOutput
+from doge_dagster.budget import ALLOW_OVER_TIME_LIMIT_TAG, estimate_stage
 from doge_dagster.launching.spec import LaunchSpec
+from doge_dagster.recipe_sections import WITH_SETTINGS
 from doge_dagster.recipes import LaunchRecipe
+from doge_dagster.throughput import detect_local_gpu, device_key
 from resources.artifact_store import ArtifactStoreResource
 from resources.compute import ComputeResource
 
@@ -40,7 +45,7 @@ def launch_on_compute(
         partition=context.partition_key,
         version=build.planned.version,
         upstream=build.planned.upstream,
-        recipe=build.recipe.model_dump(mode="json"),
+        recipe=build.recipe.model_dump(mode="json", context=WITH_SETTINGS),  # with launch.peak_tflops etc.
         store_root=build.store.root_url,
         work_dir=str(work_dir(build.store, compute, asset, context.partition_key, build.planned.version)),
         module=module,
@@ -48,3 +53,23 @@ def launch_on_compute(
     )
     compute.run_stage(context, spec, launch, extra_env=artifact_store.process_env())
     return BuildOutput()
+
+
+def check_time_budget(context, build: BuildContext, compute: ComputeResource, stage: str) -> None:
+    """Refuse a training launch whose estimate exceeds its `time_limit` before anything is submitted (the numbers
+    and the fixes in the failure), unless the run carries `doge/allow-over-time-limit=true` (then a warning).
+    Without a known rate for that device and model there is no refusal, only a warning saying how to get one."""
+    launch = build.recipe.section(build.recipe.chain.stage(stage).section).launch
+    detected = detect_local_gpu() if compute.backend == "local" and launch.gpus_per_node > 0 else None
+    if detected and launch.device and device_key(detected) != device_key(launch.device):
+        context.log.warning(f"stages.{stage}.launch.device is {launch.device}, but this machine's GPU is {detected}: "
+                            "the estimate uses the GPU found here")  # fmt: skip
+    estimate = estimate_stage(build.recipe, stage, build.store, context.partition_key, detected)
+    problem = estimate.over_limit_problem()
+    if problem is None:
+        (context.log.info if estimate.rate is not None else context.log.warning)(estimate.summary())
+        return
+    allowed = str(context.run.tags.get(ALLOW_OVER_TIME_LIMIT_TAG, "")).strip().lower() == "true"
+    if not allowed:
+        raise dg.Failure(description=problem)
+    context.log.warning(f"launching over the time limit ({ALLOW_OVER_TIME_LIMIT_TAG}=true): {problem}")

@@ -9,7 +9,7 @@ runs show the same metadata.
 
 import dagster as dg
 
-from assets.launching import launch_on_compute
+from assets.launching import check_time_budget, launch_on_compute
 from assets.partitions import recipe_partitions
 from assets.versioned import BuildContext, BuildOutput, materialize_versioned, node_code_version
 from doge_dagster.launching.command import LaunchError
@@ -53,6 +53,7 @@ def build_training_asset(stage: Stage, recipes: RecipeFolder) -> dg.AssetsDefini
                 validate_stage(stage.name, build.recipe, vocab)
             except LaunchError as error:
                 raise dg.Failure(description=str(error)) from None
+            check_time_budget(context, build, compute, stage.name)
             launch_recipe = build.recipe.section(stage.section).launch
             return launch_on_compute(
                 context, artifact_store, compute, build, stage.name, stage.asset, launch_recipe, "doge_dagster.training"

@@ -3,7 +3,8 @@
 Run where a GPU is available:  python bench/bench_gpu.py --sizes 20M 160M
 It builds `DogeForCausalLM` from the recipe's model section (the same code path as `doge_base`), trains
 on random tokens with fused AdamW under bf16 autocast, and reports tokens/s and model FLOPs
-utilization (6·N·tokens plus attention FLOPs, against the card's dense bf16 peak). `--device cpu
+utilization (`doge_dagster.throughput`: 6 x parameters plus attention FLOPs per token, against the card's
+dense bf16 peak from the same table training runs report MFU with). `--device cpu
 --steps 2 --seq 128` is a smoke run that keeps the script honest on machines without a GPU.
 """
 
@@ -19,8 +20,8 @@ from measure import report
 from transformers import DogeConfig, DogeForCausalLM
 
 from doge_dagster.recipes import load_recipe
-
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12, "A10G": 125e12}
+from doge_dagster.throughput import mfu as model_utilization
+from doge_dagster.throughput import model_flops_per_token, peak_flops
 
 
 def model_for(size: str, attention: str | None = None) -> DogeForCausalLM:
@@ -31,13 +32,6 @@ def model_for(size: str, attention: str | None = None) -> DogeForCausalLM:
     if attention is None:  # as `doge_base` builds it
         return DogeForCausalLM(config)
     return DogeForCausalLM._from_config(config, attn_implementation=attention)
-
-
-def flops_per_token(model: DogeForCausalLM, seq: int) -> float:
-    """Training FLOPs per token: 6N for the dense parameters plus 12·layers·hidden·seq for attention."""
-    config = model.config
-    parameters = sum(p.numel() for p in model.parameters())
-    return 6 * parameters + 12 * config.num_hidden_layers * config.hidden_size * seq
 
 
 def bench(
@@ -78,8 +72,8 @@ def bench(
 def throughput(model, size: str, attention: str, device: str, seq: int, shape: str, tokens_per_second: float) -> dict:
     """One result row: tokens/s, MFU against the card's bf16 peak, peak memory since the last reset."""
     card = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    peak = next((value for key, value in PEAK_BF16_FLOPS.items() if key in card), None)
-    mfu = flops_per_token(model, seq) * tokens_per_second / peak if peak else None
+    peak, _ = peak_flops(card)  # the library's table (doge_dagster/throughput.py), as training runs report it
+    mfu = model_utilization(model_flops_per_token(model, seq), tokens_per_second, peak) if peak else None
     memory = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
     return {
         "size": size,

@@ -3,6 +3,8 @@
 doge-dagster lineage doge_instruct --partition tiny      # sources -> ... -> artifact, with versions
 doge-dagster lineage doge_base --partition tiny --version 0123456789abcdef   # as recorded in manifests
 doge-dagster versions --partition tiny                   # every node's version and whether it is published
+doge-dagster plan --partition 160M                       # per stage: tokens, steps, expected time and GPU-hours
+                                                         # against its time limit (exit 1 when one does not fit)
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import sys
 
 from doge_dagster.artifacts import ArtifactStore, Manifest
+from doge_dagster.budget import estimate_stage, plan_lines
 from doge_dagster.plan import NODES, Planned, ancestry, plan_versions
 from doge_dagster.recipes import PROJECT_ROOT, RecipeError, apply_overrides, load_recipe
 
@@ -91,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         "--version", help="a published version: print the lineage its manifests recorded instead of the recipe's plan"
     )
     versions = commands.add_parser("versions", help="every asset's version for a partition and whether it is published")
-    for sub in (lineage, versions):
+    plan = commands.add_parser(
+        "plan",
+        help="per training stage: tokens, optimizer steps, processes, expected tokens/s, wall time and GPU-hours "
+        "against its time limit (exit status 1 when a stage does not fit)",
+    )
+    for sub in (lineage, versions, plan):
         sub.add_argument("--partition", required=True, help="recipe name, e.g. tiny")
         sub.add_argument(
             "--root",
@@ -112,7 +120,16 @@ def main(argv: list[str] | None = None) -> int:
         print(error, file=sys.stderr)
         return 2
     store = ArtifactStore(args.root)
-    if args.command == "lineage" and args.version:
+    over_limit = False
+    if args.command == "plan":
+        # Rates: the stage's launch settings, the store's last run of it on that device, or the measured table.
+        lines = plan_lines(recipe, store, args.partition)
+        over_limit = any(
+            estimate_stage(recipe, stage.name, store, args.partition).verdict == "DOES NOT FIT"
+            for stage in recipe.chain.stages
+            if recipe.section(stage.section) is not None
+        )
+    elif args.command == "lineage" and args.version:
         # Manifests only: no plan, so no source fingerprints (Hub lookups for the real sizes).
         recorded = store.read_manifest(args.asset, args.partition, args.version)
         if recorded is None:
@@ -134,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         # The reader stopped early (`doge-dagster versions ... | head`): not an error. Point stdout at
         # /dev/null so the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
+    return 1 if over_limit else 0
 
 
 if __name__ == "__main__":

@@ -10,7 +10,15 @@ import logging
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from doge_dagster.registry import DATASETS
 
@@ -36,10 +44,24 @@ LEGACY_REMOVED = {
 }
 
 
+# `model_dump(context=WITH_SETTINGS)` keeps the settings fields (`Field(exclude=True)`: left out of the plain dump,
+# so out of every version) in the dump: for launch specs and override round trips, which must not lose them.
+WITH_SETTINGS = {"with_settings": True}
+
+
 class Strict(BaseModel):
     """Base for every recipe section: unknown fields are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_serializer(mode="wrap")
+    def _with_settings(self, handler: Any, info: SerializationInfo) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and isinstance(info.context, dict) and info.context.get("with_settings"):
+            for name, field in type(self).model_fields.items():
+                if field.exclude:  # scalar settings only (numbers, strings)
+                    data[name] = getattr(self, name)
+        return data
 
 
 BLOB_DATASETS = ("python-edu",)  # Hub configs that ship blob ids, whose contents live elsewhere
@@ -238,6 +260,30 @@ class LaunchRecipe(Strict):
     image: str | None = None
     node_selector: dict[str, str] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)
+    # Planning and reporting settings: excluded from the dump, so from versions (they change no model), kept in
+    # launch specs (WITH_SETTINGS). See doge_dagster/budget.py and doge_dagster/throughput.py.
+    device: str | None = Field(
+        None,
+        exclude=True,
+        description="the GPU the stage runs on (e.g. H200, 'NVIDIA H100 80GB HBM3'): picks the measured rate for "
+        "`doge-dagster plan` and the time-limit check (a local GPU detected by nvidia-smi wins)",
+    )
+    expected_tokens_per_second: float | None = Field(
+        None,
+        gt=0,
+        exclude=True,
+        description="tokens/s of ONE process (GPU) for this stage, e.g. from a device check: wins over the "
+        "measured rates; the launch's rate is this x processes",
+    )
+    peak_tflops: float | None = Field(
+        None,
+        gt=0,
+        exclude=True,
+        description="dense bf16 peak TFLOP/s of one device for MFU (default: the table in throughput.py by device name)",
+    )
+    gpu_hour_price: float | None = Field(
+        None, ge=0, exclude=True, description="price of one GPU-hour (any currency) for the run's estimated cost"
+    )
 
     @property
     def processes(self) -> int:
@@ -256,6 +302,34 @@ class StageRecipe(Strict):
 
     training: dict[str, Any] = Field(default_factory=dict)
     launch: LaunchRecipe = Field(default_factory=LaunchRecipe)
+    # A stage setting, not a `launch` one: launch settings are shared with reports, which never back off.
+    # Excluded from the dump, so from versions (kept in launch specs, WITH_SETTINGS): a backoff trains on the same
+    # rows per step with the same global batch and LR schedule, only the float summation order differs, and
+    # whether it happens depends on the GPU, not the recipe. The batch that ran is in the model's metadata.
+    oom_backoff: bool | None = Field(
+        None,
+        exclude=True,
+        description="on out of memory, halve per_device_train_batch_size and double gradient_accumulation_steps "
+        "(same global batch, LR schedule and data order) and go on from the last checkpoint; default (unset): "
+        "on when the stage trains on a GPU, off on CPU (doge_dagster.training.memory)",
+    )
+
+    @field_validator("oom_backoff", mode="before")
+    @classmethod
+    def _oom_backoff_is_bool(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"oom_backoff must be true, false or left out (on for GPU launches), not {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_batch_finder(self) -> StageRecipe:
+        if self.training.get("auto_find_batch_size") and self.oom_backoff is not False:
+            raise ValueError(
+                "training.auto_find_batch_size halves per_device_train_batch_size without doubling "
+                "gradient_accumulation_steps, which changes the global batch and the LR schedule; remove it "
+                "(oom_backoff, on by default on GPU, keeps both) or set oom_backoff: false to use it anyway"
+            )
+        return self
 
     def continues_from(self) -> str | None:
         """The published version of the stage's own model this run continues from (None: the stage starts

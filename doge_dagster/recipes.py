@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ValidationError, create_model, model_validator
 
 from doge_dagster.recipe_sections import (
+    WITH_SETTINGS,
     EvalRecipe,
     LaunchRecipe,
     MixtureRecipe,
@@ -267,7 +268,7 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
     """
     if not overrides:
         return recipe
-    data = recipe.model_dump(mode="json")
+    data = recipe.model_dump(mode="json", context=WITH_SETTINGS)  # settings (excluded from versions) kept
     for dotted, value in sorted(overrides.items()):
         node = data
         *parents, leaf = dotted.split(".")

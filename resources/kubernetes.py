@@ -48,6 +48,7 @@ from pydantic import Field
 from doge_dagster.launching.command import LaunchError, accelerate_command
 from doge_dagster.launching.spec import SPEC_ENV_PREFIX, SPEC_ENV_VAR, LaunchSpec
 from doge_dagster.recipes import PROJECT_ROOT, LaunchRecipe
+from doge_dagster.throughput import time_limit_seconds
 
 
 class SecretKeyRef(dg.Config):
@@ -160,21 +161,6 @@ def memory_quantity(memory: str) -> str:
         return memory.strip()
     unit = (match[2] or "M").upper()
     return f"{match[1]}{unit}i"
-
-
-def time_limit_seconds(limit: str) -> int:
-    """Slurm time formats (`MM`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`, `D-HH:MM:SS`) in seconds."""
-    days, _, rest = limit.strip().rpartition("-")
-    parts = [int(part) for part in rest.split(":")]
-    if days:
-        hours, minutes, seconds = (parts + [0, 0])[:3]
-    elif len(parts) == 1:
-        hours, minutes, seconds = 0, parts[0], 0
-    elif len(parts) == 2:
-        hours, (minutes, seconds) = 0, parts
-    else:
-        hours, minutes, seconds = parts
-    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
 def container_command(

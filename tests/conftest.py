@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from dagster_dev import TinyChain, tiny_chain_session
 
 pytest_plugins = ["forbid_skips", "pytester"]
+
+
+@pytest.fixture(scope="session")
+def torch_extensions_dir(tmp_path_factory) -> Path:
+    """One JIT cache for the session: DeepSpeed on CPU builds its shm comm op once (g++/ninja, 40 s or more)."""
+    return tmp_path_factory.mktemp("torch-extensions")
 
 
 @pytest.fixture(scope="session")

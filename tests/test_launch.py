@@ -62,6 +62,28 @@ def test_multi_process_config_without_a_process_count_is_rejected():
         "pretrain", tiny_recipe({"stages.pretrain.launch": {"accelerate_config": "ddp", "gpus_per_node": 4}})
     )
     validate_stage("pretrain", tiny_recipe({"stages.pretrain.launch.accelerate_config": "cpu_zero2"}))  # one process
+    for two_processes in ("cpu_fsdp", "cpu_zero3"):
+        with pytest.raises(LaunchError, match=f"'{two_processes}' declares 2 processes"):
+            validate_stage("sft", tiny_recipe({"stages.sft.launch.accelerate_config": two_processes}))
+        validate_stage(
+            "sft", tiny_recipe({"stages.sft.launch": {"accelerate_config": two_processes, "num_processes": 2}})
+        )
+
+
+def test_zero3_that_would_not_save_full_weights_is_rejected(tmp_path):
+    # Without gathering on save, ZeRO-3's Trainer.save_model writes no weights: the published model would be empty
+    shipped = (ACCELERATE_CONFIGS_DIR / "zero3.yaml").read_text()
+    assert "zero3_save_16bit_model: true" in shipped
+    config = tmp_path / "zero3_no_gather.yaml"
+    config.write_text(shipped.replace("zero3_save_16bit_model: true", "zero3_save_16bit_model: false"))
+    with pytest.raises(LaunchError) as raised:
+        validate_stage("pretrain", tiny_recipe({"stages.pretrain.launch": {"accelerate_config": str(config),
+                                                                            "gpus_per_node": 8}}))  # fmt: skip
+    message = str(raised.value)
+    assert "stages.pretrain.launch" in message and "zero3_save_16bit_model: true" in message, message
+    for name in ("zero3", "cpu_zero3", "cpu_zero2", "fsdp"):
+        validate_stage("pretrain", tiny_recipe({"stages.pretrain.launch": {"accelerate_config": name,
+                                                                            "num_processes": 2}}))  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -308,6 +330,8 @@ ACCELERATE_CONFIGS = {  # name: (distributed type, ZeRO stage or FSDP)
     "cpu": ("NO", None),
     "cpu_ddp": ("MULTI_GPU", None),
     "cpu_zero2": ("DEEPSPEED", 2),
+    "cpu_fsdp": ("FSDP", "fsdp"),
+    "cpu_zero3": ("DEEPSPEED", 3),
 }
 
 
@@ -323,7 +347,10 @@ def test_each_accelerate_config_loads_with_accelerates_own_loader(name):
     elif sharding is not None:
         assert int(config.deepspeed_config["zero_stage"]) == sharding
     # cpu_ddp is MULTI_GPU without use_cpu on purpose (its header: `--cpu` would run one process only)
-    assert bool(config.use_cpu) == (name in ("cpu", "cpu_zero2")), "GPU configs must not force the CPU"
+    # cpu_fsdp too: the runner's `use_cpu` on a machine without CUDA is what makes it gloo (sharding.py)
+    assert bool(config.use_cpu) == (name in ("cpu", "cpu_zero2", "cpu_zero3")), "GPU configs must not force the CPU"
+    if name.startswith("cpu"):
+        assert config.mixed_precision == "no", "CPU configs train in fp32"
 
 
 def test_the_shipped_configs_are_exactly_those_checked():

@@ -134,18 +134,45 @@ def test_pretraining_matches_the_seed(size):
     assert training["max_steps"] == steps
     assert training["warmup_steps"] == warmup == steps // 10
     assert training["lr_scheduler_kwargs"]["num_decay_steps"] == warmup
-    assert training["gradient_accumulation_steps"] == accum
+    # the seed's global batch (1 per device x `accum` accumulation on one GPU), laid out to fit the time limit
+    launch = recipe.stages.pretrain.launch
+    global_batch = training["per_device_train_batch_size"] * training["gradient_accumulation_steps"] * launch.processes
+    assert global_batch == accum
     assert training["lr_scheduler_type"] == "warmup_stable_decay"
     assert (training["adam_beta1"], training["adam_beta2"], training["adam_epsilon"]) == (0.9, 0.95, 1e-8)
     assert training["weight_decay"] == 0.01 and training["max_grad_norm"] == 1.0
     assert training["bf16"] is True and training["seed"] == 233
-    assert training["per_device_train_batch_size"] == 1
     mixture = recipe.mixtures.pretrain
     assert mixture.max_length == 2048 and mixture.packing and mixture.seed == 233
-    # the token budget is exactly what the trainer consumes: steps x accumulation x batch 1 x 2048
+    # the token budget is exactly what the trainer consumes: steps x global batch x 2048
     assert mixture.total_size == steps * accum * 2048
     assert {source.dataset: source.ratio for source in mixture.sources} == PRETRAIN_MIXTURE
     assert all(source.kind == "hub" for source in mixture.sources)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_the_wsd_decay_ends_at_one_percent_of_the_peak(size):
+    # the SmallDoge guide: min_lr 8e-5 for a peak of 8e-3
+    assert load_recipe(size).stages.pretrain.training["lr_scheduler_kwargs"]["min_lr_ratio"] == 0.01
+
+
+def test_the_160m_description_states_its_token_budget():
+    recipe = load_recipe("160M")
+    *_, steps, _, accum = SEED_TABLE["160M"]
+    assert steps * accum * 2048 == 37_748_736_000 == recipe.mixtures.pretrain.total_size
+    assert "37.7B tokens" in recipe.description and "24,000 steps x 768" in recipe.description
+    assert "32B" not in recipe.description
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_pretraining_fits_its_time_limit_per_the_plan(size):
+    """`doge-dagster plan`: the measured H200 rate puts each real recipe's pretraining well inside its limit."""
+    from doge_dagster.budget import TIGHT_SHARE, estimate_stage
+
+    estimate = estimate_stage(load_recipe(size), "pretrain")
+    assert estimate.device == "H200" and estimate.rate is not None, estimate.rate_source
+    assert estimate.verdict == "fits" and estimate.share <= TIGHT_SHARE, estimate.summary()
+    assert (estimate.processes == 8) == (size in ("160M", "320M"))
 
 
 def test_pretrain_datasets_point_at_the_seed_hub_configs():

@@ -94,13 +94,7 @@ def no_work_started(root: Path, asset: str) -> list[Path]:
     return sorted(work.rglob("*")) if work.exists() else []
 
 
-# -- session fixtures -------------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def torch_extensions_dir(tmp_path_factory) -> Path:
-    """One JIT cache for the session: DeepSpeed on CPU builds its shm comm op once (g++/ninja, 40 s or more)."""
-    return tmp_path_factory.mktemp("torch-extensions")
-
-
+# -- session fixtures (and `torch_extensions_dir` from conftest) --------------------------------------------------
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
     """The tiny recipe's tokenizer and five mixtures, materialized once through the CLI."""
@@ -431,3 +425,60 @@ def test_grpo_batch_not_divisible_fails_before_launch(tiny_chain, tmp_path):
     assert result["launches"] == 0, "GRPO was launched with an indivisible generation batch"
     assert published_versions(root, "doge_reason") == [], "nothing may be published for the bad recipe"
     assert no_work_started(root, "doge_reason") == [], "no launch spec may be written"
+
+
+# -- e. out of memory: a smaller per-device batch, more accumulation, the same training -------------------------
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_out_of_memory_backs_off_the_batch_and_trains_what_the_smaller_batch_trains(data_root, tmp_path):
+    """An out-of-memory error injected in every training forward of more than 2 rows from step 4 on (after
+    checkpoint-2): the run backs off 8 x 1 -> 4 x 2 -> 2 x 4, resuming from checkpoint-2 each time, and trains
+    what an uninterrupted run at 2 x 4 trains, within float rounding (doge_dagster/training/memory.py)."""
+    from safetensors.torch import load_file
+
+    def run(name: str, batch: int, accumulation: int, **fault: str):
+        edits = {
+            **short_schedule(6, 1, save_steps=2),
+            "stages.pretrain.training.per_device_train_batch_size": batch,
+            "stages.pretrain.training.gradient_accumulation_steps": accumulation,
+            "stages.pretrain.oom_backoff": True,  # unset, it is on for GPU launches only
+        }
+        root, home = fresh_root(data_root, tmp_path / name), tmp_path / name / "home"
+        env = dagster_env(home, root, write_tiny_recipe(tmp_path / name / "recipes", edits), **fault)
+        assert_success(run_cli_materialize("doge_base", env, 600, log_path=tmp_path / f"{name}.log"), name)
+        [version] = published_versions(root, "doge_base")
+        folder = root / "doge_base" / PARTITION / version
+        return home, load_file(str(folder / "model.safetensors")), read_manifest(root, "doge_base", version)["metadata"]
+
+    home, weights, metadata = run("backoff", 8, 1, DOGE_FAULT_OOM_ABOVE_BATCH="2", DOGE_FAULT_OOM_FROM_STEP="3")
+    batches = [
+        {"per_device_train_batch_size": b, "gradient_accumulation_steps": a} for b, a in ((8, 1), (4, 2), (2, 4))
+    ]
+    assert metadata["oom_backoffs"] == [
+        {"step": 4, "from": batches[0], "to": batches[1], "resumed_from_step": 2},
+        {"step": 4, "from": batches[1], "to": batches[2], "resumed_from_step": 2},
+    ], metadata["oom_backoffs"]
+    assert (metadata["per_device_train_batch_size"], metadata["gradient_accumulation_steps"]) == (2, 4)
+    assert metadata["global_step"] == 6 and all(passed for passed, _ in metadata["checks"].values())
+    _, materialized = latest_materialization(home, "doge_base")
+    assert (materialized["per_device_train_batch_size"], materialized["gradient_accumulation_steps"]) == (2, 4)
+    messages = latest_run_logs(home, "doge_base")  # the reporter's lines, through Pipes
+    for old, new in ((8, 1), (4, 2)), ((4, 2), (2, 4)):
+        line = (
+            f"stages.pretrain (doge_base[tiny]): out of memory at step 4 with per_device_train_batch_size {old[0]} x "
+            f"gradient_accumulation_steps {old[1]}; retrying with per_device_train_batch_size {new[0]} x "
+            f"gradient_accumulation_steps {new[1]} (same global batch, LR schedule and data order) from checkpoint-2"
+        )
+        assert line in messages, [message for message in messages if "memory" in message]
+
+    _, reference_weights, reference = run("uninterrupted", 2, 4)
+    assert reference["oom_backoffs"] == [] and reference["global_step"] == 6
+    # Same rows per step, same schedule: only the summation order differs. Measured on fp32 CPU: losses equal to
+    # the 5 decimals recorded, weights within 3.2e-5 (the 8 x 1 and 2 x 4 runs differ by as much).
+    assert [step for step, _ in metadata["train_loss_curve"]] == list(range(1, 7))
+    for (step, loss), (reference_step, reference_loss) in zip(
+        metadata["train_loss_curve"], reference["train_loss_curve"], strict=True
+    ):
+        assert step == reference_step and loss == pytest.approx(reference_loss, rel=1e-4), (step, loss, reference_loss)
+    difference = max((weights[name] - reference_weights[name]).abs().max().item() for name in reference_weights)
+    assert weights.keys() == reference_weights.keys() and difference < 3e-4, difference

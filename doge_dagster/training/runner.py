@@ -16,13 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from doge_dagster.artifacts import ArtifactStore
+from doge_dagster.budget import stage_run_metrics
 from doge_dagster.launching.reporting import Reporter, global_rank, run_entrypoint
 from doge_dagster.launching.spec import LaunchSpec
 from doge_dagster.model_checks import TrainedModel, run_checks
 from doge_dagster.recipes import parse_recipe
 from doge_dagster.stages import chain_for
 from doge_dagster.trainer_contract import StageContext, StageTrainer
+from doge_dagster.training.memory import OutOfMemoryBackoff, injected_faults
 from doge_dagster.training.progress import progress_callback
+from doge_dagster.training.sharding import enable_fsdp_on_cpu, save_full_model, whole_model_loading
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # TRL's configs default to bf16 autocast and activation (gradient) checkpointing, transformers'
@@ -49,9 +52,9 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
     return None
 
 
-def build_args(ctx: StageContext, trainer: StageTrainer, checkpoints: Path):
+def build_args(ctx: StageContext, trainer: StageTrainer, checkpoints: Path, batch: dict[str, Any] | None = None):
     """The trainer config: plain defaults, the stage's defaults, the recipe's fields, the stage's forced
-    fields, and the fields the pipeline owns."""
+    fields, the batch an out-of-memory backoff settled on (`batch`), and the fields the pipeline owns."""
     module, _, name = ctx.stage.config_class.partition(":")
     config_class = getattr(importlib.import_module(module), name)
     training = {
@@ -59,6 +62,7 @@ def build_args(ctx: StageContext, trainer: StageTrainer, checkpoints: Path):
         **trainer.training_defaults(ctx),
         **ctx.section.training,
         **trainer.training_forced(ctx),
+        **(batch or {}),
     }
     import torch
 
@@ -118,38 +122,46 @@ def _run(spec: LaunchSpec, reporter: Reporter, started: float) -> None:
 
     ctx = stage_context(spec, reporter)
     recipe, store = ctx.recipe, ctx.store
+    enable_fsdp_on_cpu()  # an FSDP launch without CUDA stays FSDP (accelerate would make it DDP)
     stage_trainer = ctx.stage.trainer_class()()
     progress = progress_callback(reporter)
-    ctx.callbacks = [progress, *stage_trainer.callbacks(ctx)]
-    # The Trainer seeds itself only after the model exists: seed first, or a new model's initial
-    # weights (and so every later stage) change from run to run.
-    set_seed(int(ctx.section.training.get("seed", 42)))
-    model = initial_model(ctx, stage_trainer)
+    ctx.callbacks = [progress, *stage_trainer.callbacks(ctx), *injected_faults()]
     checkpoints = Path(spec.work_dir) / "checkpoints"
-    args = build_args(ctx, stage_trainer, checkpoints)
-    trainer = stage_trainer.build_trainer(ctx, model, args)
     from transformers import PrinterCallback
 
-    trainer.remove_callback(PrinterCallback)  # the progress callback already logs every step
+    def build_trainer(batch: dict[str, Any]):
+        # The Trainer seeds itself only after the model exists: seed first, or a new model's initial
+        # weights (and so every later stage) change from run to run (and from one OOM backoff to the next).
+        set_seed(int(ctx.section.training.get("seed", 42)))
+        model = initial_model(ctx, stage_trainer)
+        trainer = stage_trainer.build_trainer(ctx, model, build_args(ctx, stage_trainer, checkpoints, batch))
+        trainer.remove_callback(PrinterCallback)  # the progress callback already logs every step
+        return trainer
+
+    backoff = OutOfMemoryBackoff(ctx, checkpoints, build_trainer, last_complete_checkpoint)
     resume = last_complete_checkpoint(checkpoints)
     start_step = int(resume.name.split("-")[1]) if resume else 0
-    parameters = sum(p.numel() for p in model.parameters())
+    parameters = sum(p.numel() for p in backoff.trainer.model.parameters())
     reporter.info(
         f"{spec.asset}[{spec.partition}] version {spec.version}: {parameters:,} parameters, world size "
-        f"{args.world_size}, " + (f"resuming from {resume.name}" if resume else "starting at step 0")
+        f"{backoff.trainer.args.world_size}, " + (f"resuming from {resume.name}" if resume else "starting at step 0")
     )
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    result = backoff.train()  # on out of memory: a smaller per-device batch, more accumulation (memory.py)
+    trainer = backoff.trainer
     eval_metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
     staged = Path(spec.work_dir) / "final"
-    trainer.save_model(str(staged))  # collective under FSDP / ZeRO-3; only rank 0 writes
+    save_full_model(trainer, staged)  # collective under FSDP / ZeRO-3 (gathers the full weights); rank 0 writes
     if global_rank() != 0:
         return
     ctx.tokenizer.save_pretrained(str(staged))
     stage_trainer.finalize(ctx, staged)
     metrics = _metrics(spec, trainer, result, eval_metrics, progress, start_step, parameters, started)
+    metrics.update(backoff.metadata())
     _write_generation_config(staged, ctx.tokenizer)
     plot_curves(staged / "loss_curve.png", spec.asset, progress.curve, progress.eval_losses, progress.rewards)
-    checks = run_checks(ctx.stage.checks, TrainedModel(staged, ctx.tokenizer, progress.curve, recipe.model.vocab_size))
+    trained = TrainedModel(staged, ctx.tokenizer, progress.curve, recipe.model.vocab_size)
+    with whole_model_loading():  # rank 0 alone loads the saved model (not partitioned by ZeRO-3's zero.Init)
+        checks = run_checks(ctx.stage.checks, trained)
     _write_model_card(staged, spec, recipe.name, ctx.section, metrics)
     manifest = store.publish(
         spec.asset, spec.partition, spec.version, staged, spec.upstream,
@@ -185,22 +197,14 @@ def _metrics(spec, trainer, result, eval_metrics, progress, start_step, paramete
         metrics["final_reward"] = progress.rewards[-1][1]
     if torch.cuda.is_available():
         metrics["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-        metrics["mfu"] = _mfu(parameters, metrics["tokens_per_second"])
     else:
         metrics["peak_memory_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+    # tokens/s per process, MFU (or why not), GPU-hours and cost: doge_dagster/budget.py, throughput.py
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    config = trainer.accelerator.unwrap_model(trainer.model).config
+    metrics.update(stage_run_metrics(spec, config, parameters, metrics["tokens_per_second"],
+                                     metrics["wall_time_s"], metrics["world_size"], device))  # fmt: skip
     return metrics
-
-
-def _mfu(parameters: int, tokens_per_second: float) -> float | None:
-    """Model FLOPs utilization: 6·N FLOPs per token against the GPU's bf16 dense peak."""
-    import torch
-
-    peaks = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12, "A10": 125e12}
-    name = torch.cuda.get_device_name()
-    peak = next((value for key, value in peaks.items() if key in name), None)
-    if peak is None:
-        return None
-    return round(6 * parameters * tokens_per_second / (peak * torch.cuda.device_count()), 4)
 
 
 def plot_curves(path: Path, title: str, losses, eval_losses, rewards) -> None:

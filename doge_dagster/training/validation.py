@@ -17,6 +17,7 @@ from pathlib import Path
 
 from doge_dagster.launching.command import LaunchError, accelerate_config_path, declared_processes
 from doge_dagster.recipes import LaunchRecipe, Recipe
+from doge_dagster.training.sharding import zero3_without_full_weights
 
 FIELD_CACHE_DIR = Path.home() / ".cache" / "doge-dagster"
 
@@ -73,6 +74,13 @@ def validate_stage(stage: str, recipe: Recipe, tokenizer_vocab: int | None = Non
             f"stages.{stage}.launch: accelerate config {launch.accelerate_config!r} declares {declared} processes, but "
             f"the stage resolves to {launch.processes} (num_processes unset, gpus_per_node 0); set "
             f"stages.{stage}.launch.num_processes (e.g. {declared}) or gpus_per_node"
+        )
+    if zero3_without_full_weights(config_path):
+        raise LaunchError(
+            f"stages.{stage}.launch: accelerate config {launch.accelerate_config!r} runs DeepSpeed ZeRO-3 without "
+            "gathering full weights on save, so the published model would hold none; set "
+            "deepspeed_config.zero3_save_16bit_model: true (stage3_gather_16bit_weights_on_model_save in a "
+            "deepspeed_config_file)"
         )
     known = trainer_fields(record.config_class)
     for key in section.training:
