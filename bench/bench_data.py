@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_data.py [--quick]
 
 Measures, on a fixed generated corpus (four pretraining sources in the Hub layout, BPE tokenizer trained on it):
-- mixer: `mixing.mix_datasets_by_ratio(kind="pretrain")` from `open_source` streams to train/test splits;
+- mixer: `mixing.write_mixture(kind="pretrain")` from `open_source` streams to train/test shards on disk;
 - limit: batch tokenization, `tokenizer(texts, add_special_tokens=False)`, of as many documents per source as
   the mixer used, texts already in memory (and, for reference, the Rust backend's `encode_batch_fast`);
 - seed: the seed's way, `Dataset.from_list(rows).map(tokenize, batched=True)` over whole sources, then a
@@ -77,14 +77,17 @@ def build_corpus(root: Path, total_tokens: int):
     return rows, tokenizer
 
 
-def run_mixer(root: Path, tokenizer, total_tokens: int):
+def run_mixer(root: Path, tokenizer, total_tokens: int) -> mixing.MixtureStats:
+    """The mixer from fresh streams into a fresh folder, every core (a finished folder would be loaded, not built)."""
+
     def stream(name: str, ratio: float):
         return sources.open_source(SourceRef(dataset=name, ratio=ratio, kind="hub", path=str(root)), seed=SEED)
 
     entries = [{"name": name, "ratio": ratio, "dataset": stream(name, ratio)} for name, ratio in RATIOS.items()]
-    return mixing.mix_datasets_by_ratio(
-        entries, total_tokens, tokenizer, kind="pretrain", max_length=MAX_LENGTH, packing=True, seed=SEED
-    )
+    with tempfile.TemporaryDirectory(prefix="mixture-", dir=root) as out:
+        return mixing.write_mixture(
+            entries, total_tokens, tokenizer, out, kind="pretrain", max_length=MAX_LENGTH, seed=SEED
+        )
 
 
 def run_limit(texts: list[str], encode) -> int:
@@ -133,7 +136,7 @@ def measure_data(total: int, repeats: int) -> tuple[dict, dict, dict, str]:
         root = Path(tmp)
         rows, tokenizer = build_corpus(root, total)
         # A first mixer run gives the documents used per source (the same every run: seeded).
-        _, stats = run_mixer(root, tokenizer, total)
+        stats = run_mixer(root, tokenizer, total)
         assert sum(s.tokens for s in stats.sources.values()) == total and stats.max_ratio_error() < 1e-3
         texts = [row["text"] for name, s in stats.sources.items() for row in rows[name][: s.rows_used]]
         backend = tokenizer.backend_tokenizer
@@ -188,7 +191,7 @@ def table(wall: dict, cpu: dict, tokens: dict) -> list[str]:
     return [
         "| measure | wall time | CPU time | goal | met (wall) |",
         "|---|---|---|---|---|",
-        rate("mixer `mix_datasets_by_ratio` (stream, tokenize, pack, split)", "mixer"),
+        rate("mixer `write_mixture` (stream, tokenize on every core, pack, split, write shards)", "mixer"),
         rate("limit `tokenizer(texts)`, same doc count, in memory", "limit"),
         rate("limit, Rust backend `encode_batch_fast` (reference)", "backend"),
         rate("seed `from_list` + `map` tokenize + `map` pack", "seed"),

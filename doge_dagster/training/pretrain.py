@@ -43,7 +43,7 @@ class PretrainTrainer(StageTrainer):
         """HF `Trainer` on packed rows; the collator masks pad (never EOS, which differs) from the loss."""
         from transformers import DataCollatorForLanguageModeling, Trainer
 
-        return Trainer(
+        trainer = Trainer(
             model=model,
             args=args,
             train_dataset=ctx.data["train"],
@@ -52,10 +52,20 @@ class PretrainTrainer(StageTrainer):
             processing_class=ctx.tokenizer,
             callbacks=ctx.callbacks,
         )
+        for callback in ctx.callbacks:  # the snapshot gathers sharded weights through the trainer's accelerator
+            if hasattr(callback, "bind_trainer"):
+                callback.bind_trainer(trainer)
+        return trainer
 
     def callbacks(self, ctx: StageContext) -> list:
-        """Keep the model at the end of the WSD stable phase: continued pretraining starts from it."""
+        """Keep the model at the end of the WSD stable phase: continued pretraining starts from it.
+
+        Every rank takes part in the save (under FSDP and ZeRO-3 it gathers the sharded weights); rank 0 writes
+        the full weights to a partial folder and renames it, so a kill mid-save leaves no half snapshot.
+        """
         from transformers import TrainerCallback
+
+        from doge_dagster.training.sharding import save_full_model
 
         end = stable_phase_end(ctx.section.training)
         target = Path(ctx.spec.work_dir) / STABLE_DIR
@@ -63,9 +73,21 @@ class PretrainTrainer(StageTrainer):
             return []
 
         class StablePhaseSnapshot(TrainerCallback):
-            def on_step_end(self, args, state, control, model=None, **kwargs):
-                if state.global_step == end and state.is_world_process_zero and model is not None:
-                    model.save_pretrained(str(target))
+            trainer = None
+
+            def bind_trainer(self, trainer) -> None:
+                self.trainer = trainer
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step != end:
+                    return
+                partial = target.with_name(f"{STABLE_DIR}.partial")
+                if state.is_world_process_zero:
+                    shutil.rmtree(partial, ignore_errors=True)
+                save_full_model(self.trainer, partial)
+                if state.is_world_process_zero:
+                    shutil.rmtree(target, ignore_errors=True)
+                    partial.rename(target)
                     ctx.reporter.info(f"saved the stable-phase model (step {end}) for continued pretraining")
 
         return [StablePhaseSnapshot()]
