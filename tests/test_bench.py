@@ -6,6 +6,9 @@ attention implementation the model was built with.
 
 The mixture benchmark's memory measure, at a small size, is the test that a mixture's memory does not grow
 with its size: a ratio of two real builds' peak memory, not a timing.
+
+The device check (bench/gpu_check.sh) runs in its reduced CPU mode: every part through the same code as on a GPU
+(the bench rows, the data setup, each stage through `accelerate launch -m doge_dagster.training`), each row printed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import sys
 
 import pytest
 from helpers import PROJECT_ROOT, tail
+
+DEVICE_CHECK_ROWS = [("bench", "Doge-20M"), ("bench", "Doge-60M"), ("setup", "data artifacts"), ("pretrain", "Doge-20M"),
+                     ("pretrain", "Doge-160M"), ("sft", "Doge-20M"), ("dpo", "Doge-20M"), ("grpo", "Doge-20M")]  # fmt: skip
 
 SMOKE = ["--device", "cpu", "--sizes", "20M", "--seq", "32", "--batch", "1", "--steps", "1", "--warmup", "1"]
 
@@ -81,3 +87,29 @@ def test_mixture_memory_does_not_grow_with_its_size(tmp_path):
     growth = memory["growth_mib"]
     limit = 0.25 * growth["extra_tokens_int32"]
     assert growth["rss"] < limit and growth["ru_maxrss"] < limit, result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(960)
+def test_the_device_check_runs_every_part_in_its_cpu_mode(tmp_path):
+    """`bash bench/gpu_check.sh --cpu` (85-140 s here, idle to loaded): every row printed and passed, the results written under
+    $OUT (the table, the JSON, every part's log), nothing appended to bench/RESULTS.md, no scratch store left."""
+    out = tmp_path / "out"
+    results_md = PROJECT_ROOT / "bench" / "RESULTS.md"
+    sections = results_md.read_text().count("### Device check")
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
+    result = subprocess.run(["bash", "bench/gpu_check.sh", "--cpu"], check=False, cwd=PROJECT_ROOT, env=env,
+                            capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert result.returncode == 0, tail(result.stdout + result.stderr)
+    section = (out / "RESULTS-section.md").read_text()
+    assert section.startswith("### Device check (`bench/gpu_check.sh`, cpu mode), "), section
+    for part, what in DEVICE_CHECK_ROWS:
+        row = f"| {part} | {what} | ok |"
+        assert row in result.stdout and row in section, f"{row} missing:\n{tail(result.stdout)}"
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [(row["part"], row["what"]) for row in rows] == DEVICE_CHECK_ROWS
+    assert all(row["tokens_per_s"] for row in rows if row["part"] != "setup"), rows
+    log = (out / "parts.log").read_text()
+    assert log.count("===== ") == 7 and "-m doge_dagster.training grpo --spec" in log
+    assert results_md.read_text().count("### Device check") == sections, "the CPU mode recorded into RESULTS.md"
+    assert not list(tmp_path.glob("doge-gpu-check-*")), "the scratch store was left behind"
