@@ -1,7 +1,7 @@
 """Benchmark the out-of-core pretraining mixer at scale (issue 12): memory at N and 10N tokens, throughput on
 every core against raw tokenization and the seed's method, and resuming a killed build.
 
-    .venv/bin/python bench/bench_mixture_scale.py --record              # N = 20M tokens, about 10 minutes on 2 cores
+    .venv/bin/python bench/bench_mixture_scale.py --record              # N = 20M tokens, about 12 minutes on 2 idle cores
     .venv/bin/python bench/bench_mixture_scale.py --only memory --tokens 2M --shard-rows 100   # the CI test's run
 
 Every build runs `mixing.write_mixture(kind="pretrain")` (ratios 0.7/0.2/0.05/0.05, packed to 2048) in a
@@ -9,14 +9,15 @@ fresh process of its own, on a byte-level BPE (vocab 8192) trained on generated 
 
 1. memory: builds of N and of `--scale` x N tokens from endless generated sources (`generated.generate_rows`
    drawn lazily, text only: no row is kept), `dataset_num_proc` = the cores. The bench samples the build's
-   process tree (the build process and its tokenizer workers) every 0.1 s and reports the peak of the summed
-   PSS (`/proc/PID/smaps_rollup`: pages shared between the forked workers and their parent are split between
-   them, not counted once per process) and of the summed RSS; the build also reports the kernel's exact
-   high-water marks (its own `ru_maxrss` and the largest worker's, `RUSAGE_CHILDREN`). Requirement: peak PSS
-   of the 10N build <= 1.2x that of the N build;
+   process tree (the build process and its tokenizer workers) every 0.1 s from `/proc/PID/smaps_rollup` and
+   keeps the peak of the summed RSS and of the summed anonymous PSS; the build also reports the kernel's exact
+   high-water marks (its own `ru_maxrss` and the largest worker's, `RUSAGE_CHILDREN`). Requirement: the 10N
+   build's peak RSS sum and high-water marks at most 1.2x the N build's (exit code 1 otherwise); the growth
+   from N to 10N is also given against the bytes the extra tokens take, which a ratio would hide;
 2. throughput, on the same documents: the mixer with texts in memory and every core, the mixer inline
    (`dataset_num_proc=1`), raw `encode_batch_fast` in batches of 512 (the mixer's batch and call) in one
-   process with `TOKENIZERS_PARALLELISM=false` (one core) and with the library's thread pool, and the
+   process with `TOKENIZERS_PARALLELISM=false` (one core), in one such process per core side by side, and
+   with the library's thread pool, and the
    seed's `Dataset.from_list(...).map(tokenize) + map(pack)` (`bench_data.run_seed`, given exactly the
    documents the mixer used). Target: mixer >= raw one-core rate x cores x 0.8. Each measure also reports
    the CPU seconds of the process and of its workers, from which the bench prints where the limit is;
@@ -128,7 +129,7 @@ def child_build(spec: dict) -> dict:
         stats = write_mixture(entries, spec["tokens"], tokenizer, spec["out"], **kwargs)
     wall = time.perf_counter() - started
     result = {"wall": wall, "tokens": spec["tokens"], **child_usage(start), "train_rows": stats.train_rows,
-              "rows_used": {name: source.rows_used for name, source in stats.sources.items()}}  # fmt: skip
+              "test_rows": stats.test_rows, "rows_used": {name: source.rows_used for name, source in stats.sources.items()}}  # fmt: skip
     if spec.get("profile"):
         profile = pstats.Stats(profiler)
         profile.sort_stats("cumulative").print_stats(25)
@@ -187,7 +188,18 @@ def child_seed(spec: dict) -> dict:
     }
 
 
-CHILDREN = {"build": child_build, "raw": child_raw, "seed": child_seed}
+def child_skip(spec: dict) -> dict:
+    """What skipping costs a resumed build with these sources: producing and dropping the rows consumed."""
+    from itertools import islice
+
+    started = time.perf_counter()
+    for name, count in spec["consumed"].items():
+        for _ in islice(lazy_rows(name), count):
+            pass
+    return {"wall": time.perf_counter() - started, "rows": sum(spec["consumed"].values())}
+
+
+CHILDREN = {"build": child_build, "raw": child_raw, "seed": child_seed, "skip": child_skip}
 
 
 # -- the parent: run a child, sample its process tree --------------------------------------------------------
@@ -257,6 +269,7 @@ def run_child(kind: str, spec: dict, env: dict | None = None, kill_when=None) ->
         if child.returncode:
             raise RuntimeError(f"{kind} child failed with exit code {child.returncode}: {spec}")
         result = {**json.loads(result_path.read_text()), "process_wall": time.perf_counter() - started}
+        result["load_end"] = os.getloadavg()[0]  # 1-min load average as it ended, the child included
     finally:
         result_path.unlink(missing_ok=True)
         if child.poll() is None:
@@ -304,12 +317,41 @@ def train_tokenizer(folder: Path) -> Path:
     return folder
 
 
+def checkpoint(folder: Path) -> tuple[int, dict] | None:
+    """Rows covered by the build's last checkpoint in `folder` and the mixer's saved state; None before the first.
+
+    Found wherever the writer keeps it (`.resume/progress.json`, in the output folder or below it), with the
+    rows of the shards before the split, or of the train and test shards, whichever the checkpoint records.
+    """
+    for progress in sorted(folder.glob("**/.resume/progress.json")):
+        try:
+            saved = json.loads(progress.read_text())
+            shards = saved["shards"]
+            rows = shards["rows"] if "rows" in shards else sum(split["rows"] for split in shards.values())
+            return rows, saved["state"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return None
+
+
 def folder_digest(folder: Path) -> dict[str, str]:
     return {
         path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     }
+
+
+def mixer_version() -> str:
+    """The commit measured, and whether the data code differed from it (a working tree being edited)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    edited = git("status", "--porcelain", "--", "doge_dagster/data")
+    return f"commit {commit}" + (" with uncommitted changes in doge_dagster/data" if edited else "")
 
 
 def millions(tokens: float) -> str:
@@ -454,10 +496,12 @@ def measure_throughput(
     workers_extra = mixer["cpu_workers"] / tokenize - 1
     parent_share = mixer["cpu_self"] / tokenize
     bound = n * tokenize / (mixer["cpu_workers"] + mixer["cpu_self"])
+    loads = [run["load_end"] for runs in samples.values() for run in runs if "load_end" in run]
     notes = [
         (
             f"Documents: {sum(first['rows_used'].values()):,} ({', '.join(f'{k} {v:,}' for k, v in first['rows_used'].items())}), "
-            f"{millions(tokens)} tokens with EOS; best wall time of {repeats} interleaved round(s) after a warm-up build. CPU "
+            f"{millions(tokens)} tokens with EOS; best wall time of {repeats} interleaved round(s) after a warm-up build "
+            f"(1-min load average as the measures ended: {min(loads):.1f}-{max(loads):.1f}, theirs included). CPU "
             f"columns: user + system seconds of the process (all threads) and of its reaped children (the tokenizer workers)."
         ),
         (
@@ -492,33 +536,33 @@ def measure_resume(
         "source": "generate",
     }
     scratch = run_child("build", {**base, "out": str(work / "scratch")})
-    threshold = 0.8 * scratch["train_rows"]
-    progress = work / "resumed" / ".resume" / "progress.json"
+    total = scratch["train_rows"] + scratch["test_rows"]
+    threshold = 0.8 * total - shard_rows / 2  # the checkpoint nearest 80 %: checkpoints come a shard apart
 
-    def checkpoint_past_80() -> bool:
-        try:
-            return json.loads(progress.read_text())["shards"]["train"]["rows"] >= threshold
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            return False
+    def checkpoint_near_80() -> bool:
+        found = checkpoint(work / "resumed")
+        return found is not None and found[0] >= threshold
 
-    killed = run_child("build", {**base, "out": str(work / "resumed")}, kill_when=checkpoint_past_80)
+    killed = run_child("build", {**base, "out": str(work / "resumed")}, kill_when=checkpoint_near_80)
     if "killed_after" not in killed:
         raise RuntimeError(
-            "the build finished before its checkpoint passed 80 %; use more --resume-tokens or fewer --shard-rows"
+            "the build finished before its checkpoint reached 80 %; use more --resume-tokens or fewer --shard-rows"
         )
-    done = json.loads(progress.read_text())["shards"]["train"]["rows"]
+    done, state = checkpoint(work / "resumed")
+    consumed = {name: source["consumed"] for name, source in state["sources"].items()}
     resumed = run_child("build", {**base, "out": str(work / "resumed")})
+    skip = run_child("skip", {"consumed": consumed})
     same = folder_digest(work / "scratch") == folder_digest(work / "resumed")
     for folder in ("scratch", "resumed"):
         subprocess.run(["rm", "-rf", str(work / folder)], check=True)
-    left = 1 - done / scratch["train_rows"]
+    left = 1 - done / total
     rows = [
         "| run | `write_mixture` wall | share of scratch | whole process (start, tokenizer load, build) |",
         "|---|---|---|---|",
         f"| from scratch, {millions(tokens)} tokens | {scratch['wall']:.1f} s | 1.00x | {scratch['process_wall']:.1f} s |",
         (
-            f"| killed (SIGKILL to the process group) once its checkpoint held {done:,} of {scratch['train_rows']:,} train "
-            f"rows ({1 - left:.0%}) | | | {killed['killed_after']:.1f} s to the kill |"
+            f"| killed (SIGKILL to the process group) once its checkpoint held {done:,} of the {total:,} rows "
+            f"({1 - left:.0%}) | | | {killed['killed_after']:.1f} s to the kill |"
         ),
         (
             f"| **resume to the end** | **{resumed['wall']:.1f} s** | **{resumed['wall'] / scratch['wall']:.2f}x** "
@@ -529,13 +573,18 @@ def measure_resume(
     overhead = resumed["wall"] - left * scratch["wall"]
     notes = [
         (
-            f"The resumed build had {left:.0%} of the rows left, {left * scratch['wall']:.1f} s of the scratch build's pace; the "
-            f"other {overhead:.1f} s are the cost of resuming: starting the workers, reading the checkpoint and skipping the "
-            f"{1 - left:.0%} of each source already consumed, which a plain iterable (these generated sources) does by "
-            f"producing and dropping its rows (`itertools.islice`), and a `datasets` stream by reading them in its own reader."
+            f"The resumed build had {left:.0%} of the rows left: {left * scratch['wall']:.1f} s at the scratch build's "
+            f"pace. The other {overhead:.1f} s are the cost of resuming. Skipping what the sources already gave: "
+            f"a plain iterable (these generated sources) is read through from its start and the {skip['rows']:,} rows "
+            f"consumed dropped (`itertools.islice`), which alone takes {skip['wall']:.1f} s here (generating them, "
+            f"measured in a process of its own); a `datasets` stream skips in its own reader. The rest is starting the "
+            f"workers, reading the checkpoint and the packer's carried tokens. A kill between two checkpoints also "
+            f"loses the work since the last one: at most one shard ({shard_rows:,} rows, "
+            f"{millions(shard_rows * MAX_LENGTH)} tokens)."
         )
     ]
-    data = {"scratch": scratch, "killed": killed, "resumed": resumed, "done_train_rows": done, "identical": same}
+    data = {"scratch": scratch, "killed": killed, "resumed": resumed, "skip": skip, "checkpointed_rows": done,
+            "identical": same}  # fmt: skip
     return rows, notes, same, data
 
 
@@ -597,7 +646,7 @@ def main() -> None:
     header = [
         f"### Mixer at scale (`bench/bench_mixture_scale.py`), {when}", "",
         (f"Machine: {machine()}. Ratios 0.7/0.2/0.05/0.05 in one run, packed to {MAX_LENGTH}, BPE vocab {VOCAB}, "
-        f"shards of {shard_rows:,} rows; every build in its own process. 1-min load average at start / end: {load}; "
+        f"shards of {shard_rows:,} rows; mixer at {mixer_version()}; every build in its own process. 1-min load average at start / end: {load}; "
         f"{time.perf_counter() - started:.0f} s in all."), "",
     ]  # fmt: skip
     report("\n".join([*header, *sections]).rstrip(), args.record)

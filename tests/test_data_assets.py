@@ -401,10 +401,10 @@ def test_a_mixture_build_killed_mid_way_resumes_and_publishes_what_a_whole_build
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, killed_at = time.monotonic() + 600, None
     while time.monotonic() < deadline and victim.poll() is None:
-        progress = list(root.glob("pretrain_mixture/tiny/.staging/*-resumable/.resume/progress.json"))
+        progress = list(root.glob("pretrain_mixture/tiny/.staging/*-resumable/.stream/.resume/progress.json"))
         if progress:
             try:
-                killed_at = json.loads(progress[0].read_text())["shards"]["train"]["rows"]
+                killed_at = json.loads(progress[0].read_text())["shards"]["rows"]
             except (OSError, ValueError):  # replaced while read
                 continue
             if killed_at >= 2000:
@@ -417,7 +417,7 @@ def test_a_mixture_build_killed_mid_way_resumes_and_publishes_what_a_whole_build
 
     again = run_cli(selection, env, timeout=900)
     assert again.returncode == 0, again.stderr[-5000:]
-    assert f"{killed_at:,} train rows already written" in again.stdout + again.stderr
+    assert f"{killed_at:,} rows already written" in again.stdout + again.stderr
 
     def files(store_root: Path) -> list:
         manifest = json.loads(next(store_root.glob(f"pretrain_mixture/tiny/*/{MANIFEST_NAME}")).read_text())

@@ -119,13 +119,13 @@ class Launch:
         env = {**self.env, "DOGE_PROBE_DIR": str(probes), "DOGE_PROBE_STEPS": ",".join(map(str, probe_steps))}
         return command, env
 
-    def run(self, probes: Path, probe_steps: list[int], log: Path, timeout: float = 300) -> str:
+    def run(self, probes: Path, probe_steps: list[int], log: Path, timeout: float = 450) -> str:
         command, env = self.prepare(probes, probe_steps)
         completed = run_command(command, env, timeout, log_path=log)
         assert completed.returncode == 0, f"{self.stage} under {self.config} failed:\n{tail(completed.stdout, 80)}"
         return completed.stdout
 
-    def run_until(self, path: Path, probes: Path, probe_steps: list[int], log: Path, timeout: float = 300) -> None:
+    def run_until(self, path: Path, probes: Path, probe_steps: list[int], log: Path, timeout: float = 450) -> None:
         """Launch, SIGKILL the whole process group as soon as `path` exists, check nothing survived."""
         command, env = self.prepare(probes, probe_steps)
         with open(log, "w") as out:
@@ -218,7 +218,7 @@ def changed_fraction(after: dict, before: dict) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(1200)
 def test_training_is_really_sharded_over_two_processes(sharded_runs):
     expected = CONFIGS[sharded_runs.config]
     for run, name in [("killed", "begin-0"), ("killed", f"step-{KILL_AFTER}"), ("resumed", f"begin-{KILL_AFTER}"),
@@ -233,7 +233,7 @@ def test_training_is_really_sharded_over_two_processes(sharded_runs):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(1200)
 def test_a_killed_sharded_run_resumes_from_exactly_the_weights_of_its_checkpoint(sharded_runs):
     at_kill, _ = sharded_runs.probe("killed", f"step-{KILL_AFTER}")
     at_resume, facts = sharded_runs.probe("resumed", f"begin-{KILL_AFTER}")
@@ -247,7 +247,7 @@ def test_a_killed_sharded_run_resumes_from_exactly_the_weights_of_its_checkpoint
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(1200)
 def test_the_stable_snapshot_and_the_final_model_hold_the_full_trained_weights(sharded_runs):
     folder = sharded_runs.published("doge_base")
     snapshot, _ = load_weights(folder / "stable")
@@ -264,7 +264,7 @@ def test_the_stable_snapshot_and_the_final_model_hold_the_full_trained_weights(s
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(1200)
 def test_sft_from_the_sharded_base_publishes_its_full_trained_weights(sharded_runs):
     base, _ = load_weights(sharded_runs.published("doge_base"))
     final, _ = load_weights(sharded_runs.published("doge_instruct_sft"))

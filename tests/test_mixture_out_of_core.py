@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -16,8 +17,8 @@ import pytest
 from datasets import load_from_disk
 
 from doge_dagster.data.generated import generate_rows
-from doge_dagster.data.mixing import STATS_FILE, MixingError, write_mixture
-from doge_dagster.data.shards import PROGRESS_FILE, RESUME_DIR, ResumeMismatchError, split_test_mask
+from doge_dagster.data.mixing import STATS_FILE, STREAM_DIR, MixingError, write_mixture
+from doge_dagster.data.shards import PROGRESS_FILE, RESUME_DIR, ResumeMismatchError
 from doge_dagster.data.tokenizer import train_bpe, training_texts
 from doge_dagster.recipes import TokenizerRecipe
 from doge_dagster.registry import DATASETS
@@ -80,28 +81,15 @@ PRETRAIN = {"kind": "pretrain", "max_length": 64, "seed": 9, "test_size": 0.05, 
 SFT = {"kind": "sft", "max_length": 256, "seed": 4, "test_size": 0.05, "shard_rows": 120}
 
 
-def test_the_split_is_one_seeded_row_per_block():
-    mask = split_test_mask(seed=3, first_row=0, count=1000, stride=20)
-    assert sum(mask) == 50
-    for block in range(50):
-        assert sum(mask[block * 20 : (block + 1) * 20]) == 1
-    # computed in pieces, the mask is the same: the writer routes chunk by chunk
-    pieces = split_test_mask(3, 0, 333, 20) + split_test_mask(3, 333, 400, 20) + split_test_mask(3, 733, 267, 20)
-    assert pieces == mask
-    assert split_test_mask(4, 0, 1000, 20) != mask
-
-
-def test_the_mixture_is_shards_that_load_from_disk(tokenizer, rows, tmp_path):
+def test_the_mixture_loads_from_disk_memory_mapped(tokenizer, rows, tmp_path):
     stats = write_mixture(pretrain_entries(rows), TOKENS, tokenizer, tmp_path / "m", dataset_num_proc=1, **PRETRAIN)
-    train_files = sorted(path.name for path in (tmp_path / "m" / "train").glob("*.arrow"))
-    assert len(train_files) >= 5  # written shard by shard, not in one piece at the end
     splits = load_from_disk(str(tmp_path / "m"))
     assert (len(splits["train"]), len(splits["test"])) == (stats.train_rows, stats.test_rows)
-    assert stats.test_rows == pytest.approx((stats.train_rows + stats.test_rows) * 0.05, abs=1)
+    assert stats.test_rows == math.ceil((stats.train_rows + stats.test_rows) * 0.05)  # datasets' train_test_split
     assert all(len(ids) == 64 for ids in splits["train"]["input_ids"])
-    assert not (tmp_path / "m" / RESUME_DIR).exists()
+    assert not (tmp_path / "m" / STREAM_DIR).exists()  # the stream's shards are gone once the splits are saved
     assert json.loads((tmp_path / "m" / STATS_FILE).read_text())["train_rows"] == stats.train_rows
-    # memory-mapped from the shards, not read into memory
+    # memory-mapped from the saved files, not read into memory
     assert splits["train"].cache_files and all(Path(f["filename"]).parent == tmp_path / "m" / "train" for f in splits["train"].cache_files)
 
 
@@ -125,13 +113,14 @@ def test_a_killed_build_resumes_and_writes_what_an_uninterrupted_build_writes(to
     dying = {"fineweb-edu": lambda r: DiesAfter(r, 700)} if pretrain else (lambda r: DiesAfter(r, 1300))
     with pytest.raises(Killed):
         write_mixture(entries(rows, dying), total, tokenizer, tmp_path / "resumed", dataset_num_proc=1, **settings)
-    progress = json.loads((tmp_path / "resumed" / RESUME_DIR / PROGRESS_FILE).read_text())
-    done = progress["shards"]["train"]["rows"]
+    progress = json.loads((tmp_path / "resumed" / STREAM_DIR / RESUME_DIR / PROGRESS_FILE).read_text())
+    done = progress["shards"]["rows"]
     assert 0 < done < whole.train_rows
+    assert len(progress["shards"]["files"]) >= 3  # written shard by shard, not in one piece at the end
 
     messages = []
     resumed = write_mixture(entries(rows), total, tokenizer, tmp_path / "resumed", dataset_num_proc=2, log=messages.append, **settings)
-    assert any(f"{done:,} train rows already written" in message for message in messages)
+    assert any(f"{done:,} rows already written" in message for message in messages)
     assert resumed.to_dict() == whole.to_dict()
     assert folder_digest(tmp_path / "resumed") == folder_digest(tmp_path / "whole")
 
@@ -251,10 +240,10 @@ def test_a_process_killed_by_sigkill_resumes(tokenizer, rows, tmp_path):
     run = [sys.executable, str(tmp_path / "program.py")]
     subprocess.run([*run, str(tmp_path / "whole"), "0"], check=True, timeout=600)
     victim = subprocess.Popen([*run, str(tmp_path / "resumed"), "0.0005"])
-    progress = tmp_path / "resumed" / RESUME_DIR / PROGRESS_FILE
+    progress = tmp_path / "resumed" / STREAM_DIR / RESUME_DIR / PROGRESS_FILE
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and victim.poll() is None:
-        if progress.is_file() and json.loads(progress.read_text())["shards"]["train"]["rows"] >= 600:
+        if progress.is_file() and json.loads(progress.read_text())["shards"]["rows"] >= 600:
             break
         time.sleep(0.05)
     assert victim.poll() is None, "the build finished before it could be killed; slow it down"

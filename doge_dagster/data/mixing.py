@@ -19,6 +19,7 @@ import itertools
 import json
 import math
 import random
+import shutil
 import tempfile
 import time
 from array import array
@@ -36,7 +37,7 @@ from doge_dagster.registry import dataset_spec
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    from datasets import DatasetDict
+    from datasets import Dataset, DatasetDict
     from transformers import PreTrainedTokenizerBase
 
 Row = dict[str, Any]
@@ -54,6 +55,7 @@ CHUNK_ROWS = 1_000  # rows handed to the writer at a time
 PROGRESS_SECONDS = 60.0
 STATS_FILE = "mixture_stats.json"
 CARRY_FILE = "packer-carry.int32"  # packed tokens not yet in a row, saved with each checkpoint
+STREAM_DIR = ".stream"  # the mixture's rows in stream order, shard by shard, before the split
 
 
 class MixingError(ValueError):
@@ -463,10 +465,10 @@ def write_mixture(
         "mixture", sorted(ratios.items()), total_sample_size, kind, dataset_text_field, max_length, seed, test_size,
         shard_rows, _tokenizer_fingerprint(processing_class),
     )
-    writer = MixtureWriter(Path(output_dir), key, seed, test_size, shard_rows, shuffle=not pretrain)
+    writer = MixtureWriter(Path(output_dir) / STREAM_DIR, key, seed, shard_rows)
     saved = writer.resume() or {}
     if saved and log:
-        log(f"resuming the mixture from its checkpoint: {writer.rows('train'):,} train rows already written")
+        log(f"resuming the mixture from its checkpoint: {writer.rows():,} rows already written")
     stats = MixtureStats(unit="tokens" if pretrain else "examples", requested_ratios=ratios)
     for entry in entries:
         name = entry["name"]
@@ -507,17 +509,39 @@ def write_mixture(
             packer = Packer(max_length, processing_class.pad_token_id, min(CHUNK_ROWS, shard_rows), carry)
             _write_packed(interleaver.draw(streams), packer, writer, lambda: checkpoint(packer.buffer), progress)
         else:
-            _write_examples(interleaver.draw(streams), writer, checkpoint, progress, min(CHUNK_ROWS, shard_rows))
+            # Sources one after the other: the rows are shuffled as a whole below.
+            _write_examples(itertools.chain.from_iterable(streams.values()), writer, checkpoint, progress,
+                            min(CHUNK_ROWS, shard_rows))
     progress.tick(force=True)
-    stats.train_rows, stats.test_rows = writer.rows("train"), writer.rows("test")
-    if not stats.train_rows or not stats.test_rows:
-        raise MixingError(
-            f"the mixture has {stats.train_rows + stats.test_rows} row(s): too few for a train and a test split "
-            f"(one row in {writer.stride} goes to test); raise total_size or test_size"
-        )
-    writer.finish()
+    splits = _split(writer.finish(), seed, test_size, shuffle=not pretrain)
+    stats.train_rows, stats.test_rows = len(splits["train"]), len(splits["test"])
+    splits.save_to_disk(str(output_dir))
+    del splits
+    for split in ("train", "test"):  # datasets fingerprints by file path: make the saved files path-independent
+        state_file = Path(output_dir) / split / "state.json"
+        state = json.loads(state_file.read_text())
+        state["_fingerprint"] = content_version(key, split)[:16]
+        state_file.write_text(json.dumps(state, indent=2, sort_keys=True))
+    shutil.rmtree(Path(output_dir) / STREAM_DIR, ignore_errors=True)
     (Path(output_dir) / STATS_FILE).write_text(json.dumps(stats.to_dict(), indent=2))
     return stats
+
+
+def _split(stream: Dataset, seed: int, test_size: float, shuffle: bool) -> DatasetDict:
+    """The train/test splits of the written stream, by index permutations over its memory-mapped shards.
+
+    Example mixtures are shuffled as a whole (`random.Random(seed).shuffle` of the row indices: 8 bytes a row,
+    never the rows); then `datasets`' seeded `train_test_split`. Only index arrays are held, and the rows are
+    copied once, in that order, when the splits are saved.
+    """
+    rows = len(stream)
+    if shuffle:
+        order = list(range(rows))
+        random.Random(seed).shuffle(order)
+        stream = stream.select(order)
+    if rows < 2 or math.ceil(test_size * rows) >= rows:
+        raise MixingError(f"the mixture has {rows} row(s): too few for a train and a test split; raise total_size")
+    return stream.train_test_split(test_size=test_size, seed=seed)
 
 
 def _write_packed(documents: Iterator[array], packer: Packer, writer: MixtureWriter, checkpoint, progress: Progress) -> None:

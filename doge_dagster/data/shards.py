@@ -1,30 +1,19 @@
-"""Write a mixture to disk as it is produced: Arrow shards per split, checkpoints, and the `save_to_disk` layout.
+"""Write a mixture's rows to disk as they are produced: Arrow shards, and a checkpoint after each.
 
-Memory stays bounded whatever the mixture's size: rows are routed to `train` or `test` as they arrive and
-leave in shards of `shard_rows` rows, written with `datasets`' own `ArrowWriter` (the file format
-`save_to_disk` writes). When both splits are complete the folder gets the `dataset_dict.json`,
-`state.json` and `dataset_info.json` files `datasets.load_from_disk` reads, and the returned dataset is
-memory-mapped from the shards.
+Memory stays bounded whatever the mixture's size: rows leave in shards of `shard_rows` rows, written with
+`datasets`' own `ArrowWriter` (the file format `save_to_disk` writes), and `finish` returns them as one
+memory-mapped `Dataset` in stream order. The split and the shuffle are index permutations over it (see
+`mixing._split`): no pass holds the rows.
 
-The split needs no pass over the whole mixture: rows are cut into blocks of `round(1 / test_size)` and one
-row of each block, at a seeded position, goes to `test`. That is an even, seeded sample of the stream
-(a hash of the row index would do too, but could leave a small mixture without any test row).
-
-Example mixtures are shuffled without holding them: each shard is shuffled (seeded by its index) as it is
-written, and the shards are listed in a seeded order at the end, on top of the sources' own shuffled streams.
-Packed pretraining rows keep their order: documents run across row boundaries.
-
-After every train shard the writer saves a checkpoint (the mixer's state and the shards so far) in
-`.resume/`; a build started again in the same folder with the same key continues from there and writes the
-same files an uninterrupted build writes.
+After every shard the writer saves a checkpoint (the mixer's state and the shards so far) in `.resume/`; a
+build started again in the same folder with the same key continues from there and writes the same files an
+uninterrupted build writes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    from datasets import DatasetDict
+    from datasets import Dataset, DatasetDict
 
-SPLITS = ("train", "test")
 RESUME_DIR = ".resume"
 PROGRESS_FILE = "progress.json"
 
@@ -43,57 +31,33 @@ class ResumeMismatchError(RuntimeError):
     """A checkpoint in the output folder belongs to another mixture."""
 
 
-def split_test_stride(test_size: float) -> int:
-    """Rows per block; one row of each block goes to the test split."""
-    return max(2, round(1 / test_size))
-
-
-def _block_test_position(seed: int, block: int, stride: int) -> int:
-    digest = hashlib.blake2b(f"{seed}:{block}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % stride
-
-
-def split_test_mask(seed: int, first_row: int, count: int, stride: int) -> list[bool]:
-    """Whether each of the rows `first_row .. first_row + count - 1` of the stream belongs to the test split."""
-    mask = [False] * count
-    block = first_row // stride
-    while block * stride < first_row + count:
-        index = block * stride + _block_test_position(seed, block, stride) - first_row
-        if 0 <= index < count:
-            mask[index] = True
-        block += 1
-    return mask
-
-
 @dataclass
 class SplitShards:
-    """The shards written for one split so far."""
+    """The shards written so far."""
 
     files: list[str]
     rows: int = 0
 
 
 class MixtureWriter:
-    """Route rows to train/test, write shards, checkpoint after each train shard, finish the layout.
+    """Write the stream's rows as shards, checkpoint after each shard, and hand back the whole stream.
 
-    `key` identifies the mixture (a checkpoint with another key is refused); `state()` of the caller is saved
-    with each checkpoint and returned by `resume()`.
+    `key` identifies the mixture (a checkpoint with another key is refused); the caller's `state` is saved with
+    each checkpoint and returned by `resume()`.
     """
 
-    def __init__(self, folder: Path, key: str, seed: int, test_size: float, shard_rows: int, shuffle: bool):
-        self.folder, self.key, self.seed = Path(folder), key, seed
-        self.stride, self.shard_rows, self.shuffle = split_test_stride(test_size), shard_rows, shuffle
-        self.rows_routed = 0
-        self.shards = {split: SplitShards([]) for split in SPLITS}
-        self._pending: dict[str, list[pa.Table]] = {split: [] for split in SPLITS}
-        self._pending_rows = dict.fromkeys(SPLITS, 0)
+    def __init__(self, folder: Path, key: str, seed: int, shard_rows: int):
+        self.folder, self.key, self.seed, self.shard_rows = Path(folder), key, seed, shard_rows
+        self.shards = SplitShards([])
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
         self._schema: pa.Schema | None = None
         self._features = None
 
     # -- resuming -----------------------------------------------------------------------------------------
     @property
     def resume_dir(self) -> Path:
-        """Where checkpoints live (removed when the mixture is complete)."""
+        """Where checkpoints live."""
         return self.folder / RESUME_DIR
 
     def resume(self) -> dict[str, Any] | None:
@@ -103,7 +67,7 @@ class MixtureWriter:
         """
         progress = self.resume_dir / PROGRESS_FILE
         if not progress.is_file():
-            self._reset()
+            shutil.rmtree(self.folder, ignore_errors=True)
             return None
         saved = json.loads(progress.read_text())
         if saved["key"] != self.key:
@@ -111,21 +75,14 @@ class MixtureWriter:
                 f"{self.folder} holds a checkpoint of another mixture ({saved['key']}, not {self.key}); "
                 "delete the folder to start over"
             )
-        self.rows_routed = saved["rows_routed"]
-        self.shards = {split: SplitShards(**saved["shards"][split]) for split in SPLITS}
+        self.shards = SplitShards(**saved["shards"])
         if saved.get("schema"):
             self._set_schema(_schema_from_json(saved["schema"]))
-        for split in SPLITS:  # shards (and half-written temporaries) after the checkpoint go
-            kept = set(self.shards[split].files)
-            for path in sorted((self.folder / split).glob("*")) if (self.folder / split).is_dir() else []:
-                if path.name not in kept:
-                    path.unlink()
+        kept = set(self.shards.files)  # shards (and half-written temporaries) after the checkpoint go
+        for path in sorted(self.folder.glob("*")):
+            if path.is_file() and path.name not in kept:
+                path.unlink()
         return saved["state"]
-
-    def _reset(self) -> None:
-        for split in SPLITS:
-            shutil.rmtree(self.folder / split, ignore_errors=True)
-        shutil.rmtree(self.resume_dir, ignore_errors=True)
 
     def carry_path(self, name: str) -> Path:
         """A file the caller may write beside the checkpoint (for example the packer's leftover tokens)."""
@@ -133,30 +90,22 @@ class MixtureWriter:
 
     # -- writing ------------------------------------------------------------------------------------------
     def add(self, table: pa.Table) -> bool:
-        """Route the rows of `table` (the next rows of the stream); True when a checkpoint is due."""
-        import pyarrow as pa
-
+        """Append the rows of `table` (the next rows of the stream); True when a checkpoint is due."""
         if self._schema is None:
             self._set_schema(table.schema)
         elif table.schema != self._schema:
             table = table.cast(self._schema)
-        mask = pa.array(split_test_mask(self.seed, self.rows_routed, table.num_rows, self.stride))
-        self.rows_routed += table.num_rows
-        for split, rows in (("test", table.filter(mask)), ("train", table.filter(pa.compute.invert(mask)))):
-            if rows.num_rows:
-                self._pending[split].append(rows)
-                self._pending_rows[split] += rows.num_rows
-        return self._pending_rows["train"] >= self.shard_rows
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        return self._pending_rows >= self.shard_rows
 
     def checkpoint(self, state: dict[str, Any]) -> None:
-        """Write every pending row as shards, then record `state` with them (atomically)."""
-        for split in SPLITS:
-            self._flush(split)
+        """Write the pending rows as a shard, then record `state` with the shards (atomically)."""
+        self._flush()
         self.resume_dir.mkdir(parents=True, exist_ok=True)
         saved = {
             "key": self.key,
-            "rows_routed": self.rows_routed,
-            "shards": {split: vars(self.shards[split]) for split in SPLITS},
+            "shards": vars(self.shards),
             "schema": _schema_to_json(self._schema) if self._schema is not None else None,
             "state": state,
         }
@@ -168,66 +117,40 @@ class MixtureWriter:
         self._features = Features.from_arrow_schema(schema)
         self._schema = self._features.arrow_schema
 
-    def _flush(self, split: str) -> None:
+    def _flush(self) -> None:
         import pyarrow as pa
         from datasets.arrow_writer import ArrowWriter
 
-        if not self._pending_rows[split]:
+        if not self._pending_rows:
             return
-        table = pa.concat_tables(self._pending[split]).combine_chunks()
-        self._pending[split], self._pending_rows[split] = [], 0
-        index = len(self.shards[split].files)
-        if self.shuffle:
-            order = list(range(table.num_rows))
-            random.Random(f"{self.seed}:{split}:{index}").shuffle(order)
-            table = table.take(order)
-        name = f"data-{index:05d}.arrow"
-        folder = self.folder / split
-        folder.mkdir(parents=True, exist_ok=True)
-        temporary = folder / f".{name}.tmp"
+        table = pa.concat_tables(self._pending).combine_chunks()
+        self._pending, self._pending_rows = [], 0
+        name = f"data-{len(self.shards.files):05d}.arrow"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        temporary = self.folder / f".{name}.tmp"
         writer = ArrowWriter(features=self._features, path=str(temporary))
         try:
             writer.write_table(table)
             writer.finalize()
         finally:
             writer.close()
-        os.replace(temporary, folder / name)
-        self.shards[split].files.append(name)
-        self.shards[split].rows += table.num_rows
+        os.replace(temporary, self.folder / name)
+        self.shards.files.append(name)
+        self.shards.rows += table.num_rows
 
-    def finish(self) -> None:
-        """Write the last shards and the `load_from_disk` layout; remove the checkpoint."""
-        for split in SPLITS:
-            self._flush(split)
-        for split in SPLITS:
-            files = list(self.shards[split].files)
-            if self.shuffle:
-                random.Random(f"{self.seed}:{split}:order").shuffle(files)
-            _write_split_metadata(self.folder / split, files, self._features, f"{self.key}:{split}")
-        (self.folder / "dataset_dict.json").write_text(json.dumps({"splits": list(SPLITS)}))
-        shutil.rmtree(self.resume_dir, ignore_errors=True)
+    def finish(self) -> Dataset:
+        """Write the last shard; the whole stream as one memory-mapped `Dataset`, in order."""
+        from datasets import Dataset, concatenate_datasets
 
-    def rows(self, split: str) -> int:
-        """Rows written and pending in `split`."""
-        return self.shards[split].rows + self._pending_rows[split]
+        self._flush()
+        if not self.shards.files:
+            raise ValueError("the mixture is empty: every source contributed nothing")
+        parts = [Dataset.from_file(str(self.folder / name)) for name in self.shards.files]
+        return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
-
-def _write_split_metadata(folder: Path, files: list[str], features, fingerprint_source: str) -> None:
-    """`state.json` and `dataset_info.json` as `Dataset.save_to_disk` writes them, listing `files` in order."""
-    from datasets import DatasetInfo
-
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {
-        "_data_files": [{"filename": name} for name in files],
-        "_fingerprint": hashlib.blake2b(fingerprint_source.encode(), digest_size=8).hexdigest(),
-        "_format_columns": None,
-        "_format_kwargs": {},
-        "_format_type": None,
-        "_output_all_columns": False,
-        "_split": None,
-    }
-    (folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
-    DatasetInfo(features=features).write_to_directory(str(folder))
+    def rows(self) -> int:
+        """Rows written and pending."""
+        return self.shards.rows + self._pending_rows
 
 
 def load_mixture(folder: Path) -> DatasetDict:

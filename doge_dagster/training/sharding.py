@@ -8,7 +8,8 @@ stable-phase snapshot are both saved with it.
 accelerate 1.15 turns an FSDP config into plain DDP on a machine without CUDA (its FSDP state is only set
 for GPU-like distributed types, and a CPU launch is MULTI_CPU over gloo). PyTorch's FSDP2 (`fully_shard`)
 does run on CPU over gloo, so `enable_fsdp_on_cpu` lets accelerate keep the FSDP plugin there: the CPU
-configs (`cpu_fsdp`) then exercise the same sharding, saving and resuming as `fsdp` on GPUs.
+config `cpu_fsdp` then exercises the same sharding, saving and resuming as `fsdp` on GPUs. (FSDP1 does not
+run on a CPU: accelerate asks for a CUDA/XPU/... device.)
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def enable_fsdp_on_cpu() -> bool:
 
     if torch.cuda.is_available():
         return False
+    if os.environ.get("FSDP_VERSION", "1") != "2":  # FSDP1's plugin asks for a CUDA/XPU/... device and fails
+        raise ValueError("FSDP on a CPU needs fsdp_config.fsdp_version: 2 in the accelerate config (FSDP1 needs GPUs)")
     from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DistributedType
 
