@@ -60,8 +60,8 @@ def test_attention_override_is_refused_with_the_trainer():
 
 def test_mixture_memory_does_not_grow_with_its_size(tmp_path):
     """Two real pretraining mixtures, 2M and 20M tokens of generated text, each built in a process of its own on
-    every core: the peak memory of the build's process tree (build process and tokenizer workers: RSS summed from
-    /proc every 0.1 s, and the kernel's high-water marks) is at most 1.2x larger for the 10x larger mixture.
+    every core: the peak heap of the build's process tree (build process and tokenizer workers: anonymous RSS
+    summed from /proc every 0.1 s) is at most 1.2x larger for the 10x larger mixture.
 
     Shards of 100 rows (0.2M tokens) make both builds many shards long, as real mixtures are (the writer holds
     one shard before writing it; the bench's full run keeps the mixer's 10,000-row shards at 20M / 200M tokens).
@@ -78,17 +78,11 @@ def test_mixture_memory_does_not_grow_with_its_size(tmp_path):
     cores = len(os.sched_getaffinity(0))
     assert small["processes"] == large["processes"] == (1 + cores if cores > 1 else 1)
     assert large["cpu_workers"] > 5 * small["cpu_workers"] if cores > 1 else large["cpu_workers"] == 0
-    # summed RSS of the tree (sampled) and the kernel's high-water marks (build process + largest worker)
-    assert large["peak_rss_mib"] <= 1.2 * small["peak_rss_mib"], result.stdout
-    assert memory["ratios"]["ru_maxrss"] <= 1.2, result.stdout
-    # Against a baseline of 600-900 MiB (libraries, counted once per process) the ratio alone would let a mixer
-    # keep every row it wrote (+70 MiB at 20M tokens); the sampled growth must stay under a quarter of the extra
-    # tokens' int32 bytes (17 MiB here; a few MiB measured). The kernel's high-water mark is not held to that:
-    # the final pass copies the rows from the memory-mapped stream, whose file pages count as resident while
-    # read (page cache the kernel reclaims, not memory the build holds).
-    growth = memory["growth_mib"]
-    limit = 0.25 * growth["extra_tokens_int32"]
-    assert growth["rss"] < limit, result.stdout
+    # the heap of the tree (anonymous RSS summed from /proc): at most 1.2x, and against a baseline of 300-500 MiB
+    # (libraries' data, counted once per process) grown by under a quarter of the extra tokens' int32 bytes
+    # (17 MiB here; a few MiB measured), which a mixer keeping every row it wrote (+70 MiB) would fail
+    assert large["peak_rss_anon_mib"] <= 1.2 * small["peak_rss_anon_mib"], result.stdout
+    assert memory["growth_mib"]["peak_rss_anon_mib"] < 0.25 * memory["extra_tokens_mib"], result.stdout
 
 
 @pytest.mark.slow

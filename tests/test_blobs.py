@@ -55,7 +55,10 @@ def s3_server():
         aws_access_key_id=ACCESS_KEY,
         aws_secret_access_key=SECRET_KEY,
     )
-    client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    try:
+        client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    except client.exceptions.BucketAlreadyOwnedByYou:  # moto's state is per process: another module's server made it
+        pass
     yield host, port, client
     server.stop()
 

@@ -32,6 +32,18 @@ def test_unset_oom_backoff_stays_out_of_every_section_dump_so_versions_do_not_ch
             assert section.oom_backoff is None and "oom_backoff" not in section.model_dump(mode="json"), path
 
 
+
+@pytest.fixture(autouse=True)
+def gradients_on():
+    """Train with autograd on whatever an earlier test in this process left (the suite runs in-process
+    evaluations and checks under `torch.no_grad`; one left it off in CI and these real trainers failed)."""
+    import torch
+
+    previous = torch.is_grad_enabled()
+    torch.set_grad_enabled(True)
+    yield
+    torch.set_grad_enabled(previous)
+
 def test_oom_backoff_never_changes_versions_but_travels_in_launch_specs_and_overrides():
     # A backoff trains on the same rows per step with the same global batch and schedule (see memory.py): the
     # setting is left out of the plain dump (versions) and kept in the WITH_SETTINGS one (specs, overrides).
