@@ -508,6 +508,7 @@ def measure_throughput(
     workers_extra = mixer["cpu_workers"] / tokenize - 1
     parent_share = mixer["cpu_self"] / tokenize
     bound = n * tokenize / (mixer["cpu_workers"] + mixer["cpu_self"])
+    idle = mixer["wall"] - (mixer["cpu_workers"] + mixer["cpu_self"]) / n
     loads = [run["load_end"] for runs in samples.values() for run in runs if "load_end" in run]
     notes = [
         (
@@ -518,17 +519,21 @@ def measure_throughput(
         ),
         (
             f"Where the limit is: tokenizing these documents takes {tokenize:.1f} CPU s in one process alone. {n} one-core "
-            f"processes side by side reach {rate['rawN'] / rate['raw1']:.2f}x, not {n}x: the same work costs "
-            f"{side['cpu_self']:.1f} CPU s when the cores run together ({side_extra:+.0%}), a property of the machine (shared "
-            f"caches, memory bandwidth, clocks, the hypervisor), so {n} x 0.8 = {n * 0.8:.1f}x needs more than this machine "
-            f"gives any {n} processes. In the mixer the workers spend {mixer['cpu_workers']:.1f} CPU s ({workers_extra:+.0%} "
-            f"over tokenizing alone: the side-by-side cost, plus receiving texts, building int32 arrays and sending them back) "
-            f"and the build process {mixer['cpu_self']:.1f} CPU s ({parent_share:.0%} of the tokenizing: reading the source, "
-            f"pickling batches (the executor's threads), unpickling results, interleaving, packing, splitting, writing "
-            f"shards), on the same {n} cores. With every core busy all the time the mixer could reach at most "
-            f"{n} x {tokenize:.1f} / ({mixer['cpu_workers']:.1f} + {mixer['cpu_self']:.1f}) = {bound:.2f}x the one-core rate; "
-            f"it reached {rate['mixer'] / rate['raw1']:.2f}x ({rate['mixer'] / rate['raw1'] / bound:.0%} of that bound; the "
-            f"rest is start-up, the serial tail and waits)."
+            f"processes side by side spend {side['cpu_self']:.1f} CPU s on the same work ({side_extra:+.0%}): what running "
+            f"every core at once costs on this machine (shared caches, memory bandwidth, clocks, the hypervisor), so no "
+            f"{n} processes can pass {n / (1 + side_extra):.2f}x the one-core rate here; their wall time gave "
+            f"{rate['rawN'] / rate['raw1']:.2f}x (lower when other processes hold a core: see the load). In the mixer the "
+            f"workers spend {mixer['cpu_workers']:.1f} CPU s ({workers_extra:+.0%} over tokenizing alone: the side-by-side "
+            f"cost, plus receiving texts, building int32 arrays and sending them back) and the build process "
+            f"{mixer['cpu_self']:.1f} CPU s ({parent_share:.0%} of the tokenizing: reading the source, pickling batches (the "
+            f"executor's threads), unpickling results, interleaving, packing, splitting, writing shards), on the same {n} "
+            f"cores. With every core busy all the time the mixer could reach at most {n} x {tokenize:.1f} / "
+            f"({mixer['cpu_workers']:.1f} + {mixer['cpu_self']:.1f}) = {bound:.2f}x the one-core rate; it reached "
+            f"{rate['mixer'] / rate['raw1']:.2f}x ({rate['mixer'] / rate['raw1'] / bound:.0%} of that bound): "
+            f"{idle:.1f} s of its {mixer['wall']:.1f} s had a core idle (forking the workers, the first batches, the last "
+            f"shard and the split, stopping the workers; or another process holding a core). The build process's work "
+            f"is serial: it caps the mixer at {tokenize / mixer['cpu_self']:.0f}x the one-core rate whatever the cores "
+            f"(with this source, which costs nothing to read)."
         ),
     ]
     if profile:
