@@ -489,7 +489,9 @@ def write_mixture(
                                              mapper, max_length, formatting_func, consumed[entry["name"]])
                 for entry in entries
             }
-        interleaver = Interleaver(targets, seed, saved.get("interleave"))
+        # Pretraining draws documents from the sources at random; examples are taken source after source and
+        # shuffled as a whole (`_split`), so they need no interleaving state.
+        interleaver = Interleaver(targets, seed, saved.get("interleave")) if pretrain else None
         progress = Progress(stats, log)
 
         def checkpoint(carry: array | None = None) -> None:
@@ -498,7 +500,7 @@ def write_mixture(
                 writer.carry_path(CARRY_FILE).write_bytes(carry.tobytes())
             writer.checkpoint({
                 "sources": {name: {"consumed": source.consumed, "stats": vars(stats.sources[name])} for name, source in sources.items()},
-                "interleave": interleaver.state(),
+                "interleave": interleaver.state() if interleaver else None,
             })
 
         streams = {name: iter(source) for name, source in sources.items()}
