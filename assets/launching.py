@@ -50,6 +50,7 @@ def launch_on_compute(
         work_dir=str(work_dir(build.store, compute, asset, context.partition_key, build.planned.version)),
         module=module,
         extra_stages=build.recipe.chain.extra_modules,
+        manifest_metadata=build.recorded,
     )
     compute.run_stage(context, spec, launch, extra_env=artifact_store.process_env())
     return BuildOutput()

@@ -25,7 +25,8 @@ def build_training_asset(stage: Stage, recipes: RecipeFolder) -> dg.AssetsDefini
     """The model asset of `stage`, launched on the `compute` resource.
 
     The reports in `stage.gated_by` are Dagster deps only (not in the plan, so versions do not change):
-    a failing blocking check there stops the stage.
+    a failing blocking check there stops the stage in the same run, and a published report with a failed
+    gate refuses it in any later run.
     """
     node = chain_nodes(recipes.chain)[stage.asset]
     gates = [recipes.chain.report(name).asset for name in stage.gated_by]
@@ -59,7 +60,9 @@ def build_training_asset(stage: Stage, recipes: RecipeFolder) -> dg.AssetsDefini
                 context, artifact_store, compute, build, stage.name, stage.asset, launch_recipe, "doge_dagster.training"
             )
 
-        return materialize_versioned(context, artifact_store, stage.asset, launch, recipes, publishes_itself=True)
+        return materialize_versioned(
+            context, artifact_store, stage.asset, launch, recipes, publishes_itself=True, gated_by=tuple(gates)
+        )
 
     return training_asset
 

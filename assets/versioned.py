@@ -16,6 +16,7 @@ from typing import Any
 import dagster as dg
 
 from doge_dagster.artifacts import ArtifactStore, Manifest
+from doge_dagster.gates import ALLOW_FAILED_GATES_TAG, checks_record, failed_gates, override_allowed, refusal_message
 from doge_dagster.plan import Planned, ancestry, chain_nodes, plan_versions
 from doge_dagster.recipes import (
     Recipe,
@@ -41,6 +42,10 @@ class BuildContext:
     store: ArtifactStore
     log: Any
     upstream_manifests: dict[str, Manifest] = field(default_factory=dict)
+    # What every manifest of this node records besides the build's own metadata: the code version, the
+    # recipe sections it was built from (so `doge-dagster diff` can name the fields that changed since) and,
+    # when the run overrode failed gates, which failed artifacts it was built on.
+    recorded: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -99,13 +104,15 @@ def materialize_versioned(
     recipes: RecipeFolder,
     publishes_itself: bool = False,
     resumable: bool = False,
+    gated_by: tuple[str, ...] = (),
 ) -> dg.MaterializeResult:
     """Materialize `node_name` for the run's partition, reusing a complete artifact of the same version.
 
     With `publishes_itself`, `build` launches a job that publishes the artifact on its own (training
     nodes write straight to the store); upstream artifacts are then only located, not downloaded here.
     With `resumable`, every attempt at a version builds in the same staging folder, so `build` can continue
-    from what a killed attempt left there.
+    from what a killed attempt left there. `gated_by` names report assets (not inputs) whose gates must hold
+    too. Nothing is built on an input whose recorded lineage holds a failed blocking check (`gates.py`).
     """
     started = time.monotonic()
     partition = context.partition_key
@@ -114,30 +121,75 @@ def materialize_versioned(
     store = artifact_store.get_store()
     node = chain_nodes(recipe.chain)[node_name]
     upstream = {parent: store.require(parent, partition, planned.upstream[parent]) for parent in node.upstream}
-    upstream_dirs = {} if publishes_itself else {parent: store.local_path(manifest) for parent, manifest in upstream.items()}
+    upstream_dirs = (
+        {} if publishes_itself else {parent: store.local_path(manifest) for parent, manifest in upstream.items()}
+    )
     manifest = store.read_manifest(node_name, partition, planned.version)
     cached = manifest is not None
     ui_metadata: dict[str, Any] = {}
+    recorded = {} if cached else recorded_metadata(context, recipe, node_name, store, upstream, gated_by)
     if manifest is None and publishes_itself:
         context.log.info(f"{node_name}[{partition}] version {planned.version}: launching")
-        output = build(BuildContext(recipe, planned, Path(), upstream_dirs, store, context.log, upstream))
+        output = build(BuildContext(recipe, planned, Path(), upstream_dirs, store, context.log, upstream, recorded))
         manifest = store.require(node_name, partition, planned.version)
         ui_metadata = output.ui_metadata
     elif manifest is None:
         context.log.info(f"{node_name}[{partition}] version {planned.version}: building")
         with store.writing(node_name, partition, planned.version, planned.upstream, resumable) as staged:
-            output = build(BuildContext(recipe, planned, staged.path, upstream_dirs, store, context.log, upstream))
-            staged.metadata = {**output.metadata, "checks": {name: list(result) for name, result in output.checks.items()}}
+            output = build(
+                BuildContext(recipe, planned, staged.path, upstream_dirs, store, context.log, upstream, recorded)
+            )
+            staged.metadata = {**recorded, **output.metadata, **checks_record(output.checks)}
         manifest = staged.manifest
         ui_metadata = output.ui_metadata
     else:
-        context.log.info(f"{node_name}[{partition}] version {planned.version}: complete artifact found, reporting it cached")
+        context.log.info(
+            f"{node_name}[{partition}] version {planned.version}: complete artifact found, reporting it cached"
+        )
     return _result(context, store, manifest, planned, cached, ui_metadata, time.monotonic() - started)
 
 
-def _result(context, store: ArtifactStore, manifest: Manifest, planned: Planned, cached: bool, ui_metadata, seconds: float):
+def recorded_metadata(
+    context,
+    recipe: Recipe,
+    node_name: str,
+    store: ArtifactStore,
+    inputs: dict[str, Manifest],
+    gated_by: tuple[str, ...],
+) -> dict[str, Any]:
+    """What the new artifact's manifest records about how it was made (see `BuildContext.recorded`), after
+    refusing to build on failed gates: `dg.Failure` naming the artifact, version and check, unless the run
+    carries the override tag."""
+    partition = context.partition_key
+    node = chain_nodes(recipe.chain)[node_name]
+    gates = dict(inputs)
+    if gated_by:
+        for report, version in ((name, plan_versions(recipe, nodes=[name])[name].version) for name in gated_by):
+            manifest = store.read_manifest(report, partition, version)
+            if manifest is None:
+                context.log.warning(f"{node_name}[{partition}] is gated by {report}, which has no published report "
+                                    f"of version {version}: materialize {report} first to evaluate the gate")  # fmt: skip
+            else:
+                gates[report] = manifest
+    failures = failed_gates(store, partition, gates)
+    recorded: dict[str, Any] = {
+        "code_version": node.code_version,
+        "recipe_sections": {path: recipe.section(path).model_dump(mode="json") for path in node.sections},
+    }
+    if failures:
+        message = refusal_message(node_name, partition, failures)
+        if not override_allowed(context.run.tags):
+            raise dg.Failure(description=message)
+        context.log.warning(f"building anyway ({ALLOW_FAILED_GATES_TAG}=true): {message}")
+        recorded["gate_override"] = [failure.record() for failure in failures]
+    return recorded
+
+
+def _result(
+    context, store: ArtifactStore, manifest: Manifest, planned: Planned, cached: bool, ui_metadata, seconds: float
+):
     checks = manifest.metadata.get("checks", {})
-    metadata = {
+    metadata: dict[str, Any] = {
         "version": planned.version,
         "recipe_section_version": planned.section_version,
         "upstream_versions": dg.MetadataValue.json(planned.upstream),
@@ -145,8 +197,16 @@ def _result(context, store: ArtifactStore, manifest: Manifest, planned: Planned,
         "artifact_bytes": manifest.total_bytes,
         "cached": cached,
         "wall_time_s": round(seconds, 3),
-        **{key: value for key, value in manifest.metadata.items() if key != "checks" and not isinstance(value, (dict, list))},
-        **{key: dg.MetadataValue.json(value) for key, value in manifest.metadata.items() if key != "checks" and isinstance(value, (dict, list))},
+        **{
+            key: value
+            for key, value in manifest.metadata.items()
+            if key != "checks" and not isinstance(value, (dict, list))
+        },
+        **{
+            key: dg.MetadataValue.json(value)
+            for key, value in manifest.metadata.items()
+            if key != "checks" and isinstance(value, (dict, list))
+        },
         **ui_metadata,
     }
     for entry in manifest.files:
@@ -161,7 +221,9 @@ def _result(context, store: ArtifactStore, manifest: Manifest, planned: Planned,
         )
         for name, (passed, detail) in checks.items()
     ]
-    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(planned.version), check_results=check_results)
+    return dg.MaterializeResult(
+        metadata=metadata, data_version=dg.DataVersion(planned.version), check_results=check_results
+    )
 
 
 def _embedded_png(store: ArtifactStore, manifest: Manifest, name: str) -> str:

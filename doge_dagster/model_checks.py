@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ class TrainedModel:
     tokenizer: Any
     curve: list[tuple[int, float]]
     vocab_size: int | str
+    # GRPO: the logged mean reward per step, total ("reward") and per reward function (its name).
+    rewards: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
     @functools.cached_property
     def model(self) -> Any:
@@ -52,6 +54,39 @@ def loss_finite_and_falling(trained: TrainedModel) -> CheckResult:
     finite, _ = loss_finite(trained)
     detail = f"loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "no loss logged"
     return finite and losses[-1] < losses[0], detail
+
+
+REWARD_WINDOW = 0.3  # the first and the last 30% of the logged steps are compared
+REWARD_CEILING = 0.95  # a reward function's mean at or above this (of its maximum, 1.0) has nothing left to learn
+
+
+def _window_means(points: list[tuple[int, float]]) -> tuple[float, float]:
+    size = max(1, round(len(points) * REWARD_WINDOW))
+    values = [value for _, value in points]
+    return sum(values[:size]) / size, sum(values[-size:]) / size
+
+
+def reward_improves(trained: TrainedModel) -> CheckResult:
+    """GRPO learned: the mean reward (total, or the format reward at least) over the last logged steps beats
+    the first ones, or every reward function is already at its ceiling over the last steps.
+
+    Rewards wired to return nothing useful (always 0) fail: nothing improves and nothing is at the ceiling.
+    Each reward function scores 0..1; the ceiling counts a function that starts and stays near 1 (a distilled
+    model that already answers in the think format) as learned, since GRPO has no signal left there.
+    """
+    total = trained.rewards.get("reward", [])
+    if len(total) < 2:
+        return False, f"{len(total)} logged reward(s): log at least two steps (lower logging_steps) to check learning"
+    parts = {name: points for name, points in trained.rewards.items() if name != "reward" and points}
+    windows = {name: _window_means(points) for name, points in {"reward": total, **parts}.items()}
+    detail = ", ".join(f"{name} {first:.3f} -> {last:.3f}" for name, (first, last) in windows.items())
+    improved = [name for name in ("reward", "format_reward") if name in windows and windows[name][1] > windows[name][0]]
+    at_ceiling = bool(parts) and all(windows[name][1] >= REWARD_CEILING for name in parts)
+    if improved:
+        return True, f"{detail} (improved: {', '.join(improved)})"
+    if at_ceiling:
+        return True, f"{detail} (every reward at its ceiling over the last steps)"
+    return False, f"{detail}: no improvement over the first steps and not at the ceiling"
 
 
 def vocab_matches_tokenizer(trained: TrainedModel) -> CheckResult:
@@ -102,6 +137,7 @@ TRAINING_CHECKS: dict[str, Callable[[TrainedModel], CheckResult]] = {
     for check in (
         loss_finite,
         loss_finite_and_falling,
+        reward_improves,
         vocab_matches_tokenizer,
         loads_and_generates,
         chat_template_reply,

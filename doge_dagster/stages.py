@@ -213,8 +213,8 @@ STAGES = (
     ),
     Stage(
         "grpo", "doge_reason", "reason", mixture="grpo", parent="distill",
-        trainer="doge_dagster.training.grpo:GRPOStageTrainer", config_class="trl:GRPOConfig", code_version="grpo-2",
-        recipe_model=GRPOStage, checks=("loss_finite", *MODEL_CHECKS, "chat_template_reply"),
+        trainer="doge_dagster.training.grpo:GRPOStageTrainer", config_class="trl:GRPOConfig", code_version="grpo-3",
+        recipe_model=GRPOStage, checks=("loss_finite", "reward_improves", *MODEL_CHECKS, "chat_template_reply"),
         description="Doge reason model: GRPO with accuracy (math-verify) and format rewards.",
     ),
 )  # fmt: skip

@@ -1,7 +1,8 @@
 """Scheduled retraining, the source-data sensor, the run-failure summary and the evaluation automation.
 
-Nothing here starts multi-day training by itself: the schedule is stopped by default, the data sensor
-only rebuilds data mixtures, and automation conditions exist only on the evaluation reports.
+Nothing here starts multi-day training by itself: the schedule is stopped by default (and when on, launches
+nothing unless a source or recipe changed), the data sensor only rebuilds data mixtures, and automation
+conditions exist only on the evaluation reports.
 """
 
 import json
@@ -9,8 +10,18 @@ import json
 import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
-from doge_dagster.plan import source_versions
-from doge_dagster.recipes import OVERRIDE_TAG_PREFIX, RecipeError, RecipeFolder, content_version
+from doge_dagster.artifacts import ArtifactStore
+from doge_dagster.data.sources import SourceError
+from doge_dagster.gates import ALLOW_FAILED_GATES_TAG, failed_gates
+from doge_dagster.plan import ancestry, chain_nodes, plan_versions, source_versions
+from doge_dagster.recipes import (
+    OVERRIDE_TAG_PREFIX,
+    RecipeError,
+    RecipeFolder,
+    apply_overrides,
+    content_version,
+    overrides_from_tags,
+)
 from doge_dagster.registry import DATASETS
 from doge_dagster.stages import Chain
 from resources.artifact_store import ArtifactStoreResource
@@ -24,32 +35,91 @@ def init_from_tag(chain: Chain) -> str:
     return f"{OVERRIDE_TAG_PREFIX}{chain.root_stage().section}.init_from"
 
 
-def retrain_requests(artifact_store: ArtifactStoreResource, partitions: list[str], chain: Chain) -> list[dg.RunRequest]:
-    """One full-pipeline run per partition, continuing pretraining from its latest published base model."""
-    base = chain.root_stage()
+def retrain_request(store: ArtifactStore, recipes: RecipeFolder, partition: str) -> dg.RunRequest | str:
+    """The retraining run of one partition, or why there is nothing to run (a sentence for the tick's log).
+
+    Pretraining continues from the newest base model whose gates passed (through its whole recorded lineage),
+    and only when something it depends on changed: when the recipe and the sources are those that produced
+    that base, its version is planned again (same `init_from`), so the run would be cached skips at best. Then
+    the tick requests a run only if some downstream artifact is missing (a changed instruct or reason section),
+    and otherwise nothing.
+    """
+    try:
+        recipe = recipes.load(partition)
+        base = recipe.chain.root_stage().asset
+        passing = [
+            manifest
+            for manifest in reversed(store.manifests(base, partition))
+            if not failed_gates(store, partition, {base: manifest})
+        ]
+        tags = {}
+        if passing:
+            newest = passing[0]
+            continued = newest.upstream.get(base)  # the base it continued from, if it was a continuation
+            same_tags = {init_from_tag(recipe.chain): f"{base}:{continued}"} if continued else {}
+            unchanged = plan_versions(apply_overrides(recipe, overrides_from_tags(same_tags)), nodes=[base])
+            if unchanged[base].version == newest.version:
+                tags = same_tags
+            else:
+                tags = {init_from_tag(recipe.chain): f"{base}:{newest.version}"}
+        planned = plan_versions(apply_overrides(recipe, overrides_from_tags(tags)))
+    except (RecipeError, SourceError) as error:
+        return f"{partition}: cannot plan the retraining now ({error})"
+    manifests = {node: store.read_manifest(node, partition, info.version) for node, info in planned.items()}
+    missing = [node for node, manifest in manifests.items() if manifest is None]
+    if not missing:
+        return (
+            f"{partition}: nothing changed since the newest {base} with passing gates (version "
+            f"{planned[base].version}): no source or recipe section differs and every artifact is published"
+        )
+    graph = chain_nodes(recipe.chain)
+    blocked = sorted(
+        {
+            node
+            for node, manifest in manifests.items()
+            if manifest is not None
+            and failed_gates(store, partition, {node: manifest})
+            and any(node in ancestry(target, graph) for target in missing)
+        }
+    )
+    if blocked:
+        return (
+            f"{partition}: {', '.join(blocked)} (current versions) failed blocking checks, so building "
+            f"{', '.join(missing)} on them would be refused; fix the recipe or run with {ALLOW_FAILED_GATES_TAG}=true"
+        )
+    return dg.RunRequest(partition_key=partition, tags=tags)
+
+
+def retrain_requests(
+    artifact_store: ArtifactStoreResource, recipes: RecipeFolder, partitions: list[str]
+) -> tuple[list[dg.RunRequest], list[str]]:
+    """The retraining runs of `partitions` (see `retrain_request`) and why the others have none."""
     store = artifact_store.get_store()
-    requests = []
+    requests, skipped = [], []
     for partition in partitions:
-        latest = store.latest(base.asset, partition)
-        tags = {init_from_tag(chain): f"{base.asset}:{latest.version}"} if latest else {}
-        requests.append(dg.RunRequest(partition_key=partition, tags=tags))
-    return requests
+        outcome = retrain_request(store, recipes, partition)
+        (requests if isinstance(outcome, dg.RunRequest) else skipped).append(outcome)
+    return requests, skipped
 
 
-def build_retrain_schedule(chain: Chain, cron: str, partitions: list[str]) -> dg.ScheduleDefinition:
+def build_retrain_schedule(recipes: RecipeFolder, cron: str, partitions: list[str]) -> dg.ScheduleDefinition:
     """The weekly (`cron`) retraining of `partitions`, stopped by default."""
 
     @dg.schedule(
         job_name="full_pipeline",
         cron_schedule=cron,
         default_status=dg.DefaultScheduleStatus.STOPPED,
-        description="Continue pretraining each partition in DOGE_RETRAIN_PARTITIONS from its latest base model's "
-        "WSD stable-phase snapshot on the current data, then rerun instruct, reason and evaluation. "
-        "Cron from DOGE_RETRAIN_CRON (default weekly). Unchanged stages are cached skips.",
+        description="For each partition in DOGE_RETRAIN_PARTITIONS: when a source or a recipe section changed, "
+        "continue pretraining from the newest base model whose gates passed (from its WSD stable-phase snapshot) "
+        "on the current data, then rerun instruct, reason and evaluation; unchanged stages are cached skips. When "
+        "nothing changed, the tick launches nothing and says so. Cron from DOGE_RETRAIN_CRON (default weekly).",
     )
     def retrain_schedule(context: dg.ScheduleEvaluationContext, artifact_store: ArtifactStoreResource):
-        """Request the retraining runs."""
-        return retrain_requests(artifact_store, partitions, chain)
+        """Request the retraining runs; log why a partition has none."""
+        requests, skipped = retrain_requests(artifact_store, recipes, partitions)
+        for reason in skipped:
+            context.log.info(reason)
+        return requests or dg.SkipReason("; ".join(skipped))
 
     return retrain_schedule
 
@@ -182,6 +252,6 @@ def build_automation(
     recipes: RecipeFolder, retrain_cron: str = DEFAULT_RETRAIN_CRON, retrain_partitions=DEFAULT_RETRAIN_PARTITIONS
 ) -> tuple[list[dg.ScheduleDefinition], list[dg.SensorDefinition]]:
     """The retraining schedule and the sensors (source data, run failures, evaluation automation)."""
-    schedules = [build_retrain_schedule(recipes.chain, retrain_cron, list(retrain_partitions))]
+    schedules = [build_retrain_schedule(recipes, retrain_cron, list(retrain_partitions))]
     sensors = [build_source_data_sensor(recipes), run_failure_summary, build_evaluate_new_models(recipes.chain)]
     return schedules, sensors

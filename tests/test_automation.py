@@ -19,7 +19,7 @@ from helpers import tiny_raw
 
 from doge_dagster.artifacts import ArtifactStore
 from doge_dagster.definitions import build_definitions
-from doge_dagster.recipes import OVERRIDE_TAG_PREFIX, overrides_from_tags
+from doge_dagster.recipes import OVERRIDE_TAG_PREFIX, RECIPES_DIR, RecipeFolder, overrides_from_tags
 from doge_dagster.stages import CHAIN
 from jobs import automation
 from resources.artifact_store import ArtifactStoreResource
@@ -35,22 +35,25 @@ def publish_fake(store: ArtifactStore, asset: str, partition: str, version: str)
 
 
 # -- the retrain schedule ----------------------------------------------------------------------------------------
-def test_retrain_schedule_requests_one_run_per_partition_continuing_from_the_latest_base(tmp_path, monkeypatch):
+def test_retrain_schedule_continues_from_the_newest_base_and_skips_partitions_it_cannot_plan(tmp_path):
     store = ArtifactStore(str(tmp_path))
     publish_fake(store, "doge_base", "tiny", "aaaaaaaaaaaaaaaa")
     publish_fake(store, "doge_base", "tiny", "bbbbbbbbbbbbbbbb")  # the newest: the one to continue from
     publish_fake(store, "doge_base", "60M", "cccccccccccccccc")
-    publish_fake(store, "doge_instruct", "20M", "dddddddddddddddd")  # not a base model: ignored
     schedule = build_definitions(retrain_partitions=["tiny", "20M", "60M"]).resolve_schedule_def("retrain_schedule")
 
     context = dg.build_schedule_context(resources={"artifact_store": ArtifactStoreResource(root=str(tmp_path))})
     requests = list(schedule(context))
 
-    assert [request.partition_key for request in requests] == ["tiny", "20M", "60M"]
+    # The real recipes read unpinned Hub datasets: offline, their versions (and so what changed) are unknown,
+    # and the tick says so instead of launching a multi-day run on a guess.
+    assert [request.partition_key for request in requests] == ["tiny"]
     assert requests[0].tags == {INIT_FROM_TAG: "doge_base:bbbbbbbbbbbbbbbb"}
-    assert requests[1].tags == {}, "no base model published for 20M: pretrain from scratch, no override tag"
-    assert requests[2].tags == {INIT_FROM_TAG: "doge_base:cccccccccccccccc"}
     assert overrides_from_tags(requests[0].tags) == {"stages.pretrain.init_from": "doge_base:bbbbbbbbbbbbbbbb"}
+    _, skipped = automation.retrain_requests(
+        ArtifactStoreResource(root=str(tmp_path)), RecipeFolder(RECIPES_DIR), ["20M"]
+    )
+    assert skipped and "20M: cannot plan the retraining now" in skipped[0] and "pin `revision`" in skipped[0]
     assert schedule.job_name == "full_pipeline"
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     assert schedule.cron_schedule == automation.DEFAULT_RETRAIN_CRON

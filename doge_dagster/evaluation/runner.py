@@ -35,6 +35,7 @@ from typing import Any
 
 from doge_dagster.artifacts import ArtifactStore, Manifest, hash_file
 from doge_dagster.evaluation import report as reports
+from doge_dagster.gates import checks_record
 from doge_dagster.launching.reporting import Reporter, global_rank, run_entrypoint
 from doge_dagster.launching.spec import LaunchSpec
 from doge_dagster.recipes import Recipe, parse_recipe
@@ -358,7 +359,7 @@ def _run(spec: LaunchSpec, reporter: Reporter, started: float) -> None:
     metadata["wall_time_in_process_s"] = round(time.monotonic() - started, 2)
     with store.writing(spec.asset, spec.partition, spec.version, spec.upstream) as staged:  # manifest last
         write_report_files(staged.path, outcome, summary)
-        staged.metadata = {**metadata, "checks": {name: list(value) for name, value in checks.items()}}
+        staged.metadata = {**spec.manifest_metadata, **metadata, **checks_record(checks)}
     manifest = staged.manifest
     for scratch in ("models", "data", "lighteval", "lighteval-cache"):
         shutil.rmtree(work / scratch, ignore_errors=True)

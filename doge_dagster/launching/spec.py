@@ -37,6 +37,8 @@ class LaunchSpec:
     env: dict[str, str] = field(default_factory=dict)
     # Modules of extra stages the recipe's chain was built with (DOGE_EXTRA_STAGES on the Dagster side).
     extra_stages: str = ""
+    # Recorded in the published manifest as is: code version, recipe sections, a gate override (see assets/versioned.py).
+    manifest_metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """The spec as JSON text (what `write` writes)."""

@@ -21,7 +21,7 @@ class GRPOStageTrainer(StageTrainer):
 
         return GRPOTrainer(
             model=model,
-            reward_funcs=[rewards.REWARDS[name] for name in ctx.section.rewards],
+            reward_funcs=[rewards.reward_function(name) for name in ctx.section.rewards],
             args=args,
             train_dataset=ctx.data["train"].remove_columns("source"),
             processing_class=ctx.tokenizer,

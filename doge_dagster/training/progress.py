@@ -16,6 +16,7 @@ def progress_callback(reporter: Reporter):
             self.curve: list[tuple[int, float]] = []
             self.eval_losses: list[tuple[int, float]] = []
             self.rewards: list[tuple[int, float]] = []
+            self.reward_parts: dict[str, list[tuple[int, float]]] = {}
             self.started = time.monotonic()
             self.train_started: float | None = None
             self.first_step: int | None = None
@@ -26,16 +27,22 @@ def progress_callback(reporter: Reporter):
             self.train_started = time.monotonic()
             self.first_step = state.global_step
             self.first_tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+            # A resumed trainer's state is the checkpoint's `trainer_state.json`, whose `log_history` holds the
+            # values logged before the kill: start from them, so the published curves cover the whole run and
+            # equal an uninterrupted run's (a fresh state has no history: the curves start empty).
+            self.curve, self.eval_losses, self.rewards = [], [], []
+            for logged in state.log_history:
+                if logged.get("step", 0) <= state.global_step:
+                    self._record(logged["step"], logged)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
             self.tokens_seen = int(getattr(state, "num_input_tokens_seen", 0) or 0)
-            if "loss" in logs:
-                self.curve.append((state.global_step, float(logs["loss"])))
-            if "eval_loss" in logs:
-                self.eval_losses.append((state.global_step, float(logs["eval_loss"])))
-            if "reward" in logs:
-                self.rewards.append((state.global_step, float(logs["reward"])))
+            self._record(state.global_step, logs)
+            for key, value in logs.items():  # TRL logs each reward function's mean as rewards/<name>/mean
+                if key.startswith("rewards/") and key.endswith("/mean"):
+                    name = key.removeprefix("rewards/").removesuffix("/mean")
+                    self.reward_parts.setdefault(name, []).append((state.global_step, float(value)))
             elapsed = time.monotonic() - (self.train_started or self.started)
             rate = (self.tokens_seen - self.first_tokens) / elapsed if elapsed > 0 else 0.0
             parts = [f"step {state.global_step}/{state.max_steps}"]
@@ -44,6 +51,14 @@ def progress_callback(reporter: Reporter):
                     parts.append(f"{key} {logs[key]:.4g}")
             parts.append(f"tokens/s {rate:,.0f}")
             reporter.info(" | ".join(parts))
+
+        def _record(self, step: int, logs: dict) -> None:
+            if "loss" in logs:
+                self.curve.append((step, float(logs["loss"])))
+            if "eval_loss" in logs:
+                self.eval_losses.append((step, float(logs["eval_loss"])))
+            if "reward" in logs:
+                self.rewards.append((step, float(logs["reward"])))
 
         def tokens_per_second(self) -> float:
             elapsed = time.monotonic() - (self.train_started or self.started)

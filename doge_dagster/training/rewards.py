@@ -6,7 +6,10 @@ lists. The answer is what follows `</think>` when a think block is present.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 THINK_FORMAT = re.compile(r"^\s*<think>.+?</think>\s*\S.*$", re.DOTALL)
@@ -48,3 +51,20 @@ def format_reward(completions: list[Any], **_: Any) -> list[float]:
 
 
 REWARDS = {"accuracy": accuracy_reward, "format": format_reward}
+
+# Test-only: with DOGE_FAULT_ZERO_REWARDS=1 every reward function scores 0, to show that the `reward_improves`
+# check catches a GRPO run whose rewards carry no signal.
+ZERO_REWARDS_FAULT_ENV = "DOGE_FAULT_ZERO_REWARDS"
+
+
+def reward_function(name: str) -> Callable[..., list[float]]:
+    """The reward function called `name` in `REWARDS` (scoring 0 everywhere under the test fault)."""
+    function = REWARDS[name]
+    if os.environ.get(ZERO_REWARDS_FAULT_ENV) != "1":
+        return function
+
+    @functools.wraps(function)  # TRL logs a reward under its function's name
+    def zero(completions: list[Any], **_: Any) -> list[float]:
+        return [0.0] * len(completions)
+
+    return zero

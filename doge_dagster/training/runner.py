@@ -17,6 +17,7 @@ from typing import Any
 
 from doge_dagster.artifacts import ArtifactStore
 from doge_dagster.budget import stage_run_metrics
+from doge_dagster.gates import checks_record
 from doge_dagster.launching.reporting import Reporter, global_rank, run_entrypoint
 from doge_dagster.launching.spec import LaunchSpec
 from doge_dagster.model_checks import TrainedModel, run_checks
@@ -159,13 +160,14 @@ def _run(spec: LaunchSpec, reporter: Reporter, started: float) -> None:
     metrics.update(backoff.metadata())
     _write_generation_config(staged, ctx.tokenizer)
     plot_curves(staged / "loss_curve.png", spec.asset, progress.curve, progress.eval_losses, progress.rewards)
-    trained = TrainedModel(staged, ctx.tokenizer, progress.curve, recipe.model.vocab_size)
+    rewards = {"reward": progress.rewards, **progress.reward_parts} if progress.rewards else {}
+    trained = TrainedModel(staged, ctx.tokenizer, progress.curve, recipe.model.vocab_size, rewards)
     with whole_model_loading():  # rank 0 alone loads the saved model (not partitioned by ZeRO-3's zero.Init)
         checks = run_checks(ctx.stage.checks, trained)
     _write_model_card(staged, spec, recipe.name, ctx.section, metrics)
     manifest = store.publish(
         spec.asset, spec.partition, spec.version, staged, spec.upstream,
-        {**metrics, "checks": {name: list(value) for name, value in checks.items()}},
+        {**spec.manifest_metadata, **metrics, **checks_record(checks)},
     )  # fmt: skip
     shutil.rmtree(checkpoints, ignore_errors=True)
     metrics["artifact_uri"] = store.url(manifest.asset, manifest.partition, manifest.version)
@@ -194,6 +196,9 @@ def _metrics(spec, trainer, result, eval_metrics, progress, start_step, paramete
         metrics["eval_loss"] = round(float(eval_metrics["eval_loss"]), 5)
     if progress.rewards:
         metrics["reward_curve"] = [[step, round(value, 4)] for step, value in progress.rewards]
+        metrics["reward_curves"] = {
+            name: [[step, round(value, 4)] for step, value in points] for name, points in progress.reward_parts.items()
+        }
         metrics["final_reward"] = progress.rewards[-1][1]
     if torch.cuda.is_available():
         metrics["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
