@@ -7,8 +7,9 @@ build succeeds, so a failure never leaves a half-written artifact behind.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ from typing import Any
 import dagster as dg
 
 from doge_dagster.artifacts import ArtifactStore, Manifest
+from doge_dagster.explain import explain_previous
 from doge_dagster.gates import ALLOW_FAILED_GATES_TAG, checks_record, failed_gates, override_allowed, refusal_message
+from doge_dagster.leases import WAIT_FOR_WRITER_TAG, Lease, LeaseHeldError, LeaseRecord
 from doge_dagster.plan import Planned, ancestry, chain_nodes, plan_versions
 from doge_dagster.recipes import (
     Recipe,
@@ -125,27 +128,30 @@ def materialize_versioned(
         {} if publishes_itself else {parent: store.local_path(manifest) for parent, manifest in upstream.items()}
     )
     manifest = store.read_manifest(node_name, partition, planned.version)
-    cached = manifest is not None
     ui_metadata: dict[str, Any] = {}
-    recorded = {} if cached else recorded_metadata(context, recipe, node_name, store, upstream, gated_by)
-    if manifest is None and publishes_itself:
-        context.log.info(f"{node_name}[{partition}] version {planned.version}: launching")
-        output = build(BuildContext(recipe, planned, Path(), upstream_dirs, store, context.log, upstream, recorded))
-        manifest = store.require(node_name, partition, planned.version)
-        ui_metadata = output.ui_metadata
-    elif manifest is None:
-        context.log.info(f"{node_name}[{partition}] version {planned.version}: building")
-        with store.writing(node_name, partition, planned.version, planned.upstream, resumable) as staged:
-            output = build(
-                BuildContext(recipe, planned, staged.path, upstream_dirs, store, context.log, upstream, recorded)
+    with contextlib.ExitStack() as writing:
+        if manifest is None:  # one writer per artifact: build only while holding its lease (`leases.py`)
+            manifest = writing.enter_context(_one_writer(context, store, node_name, partition, planned.version))
+        cached = manifest is not None
+        recorded = {} if cached else recorded_metadata(context, recipe, node_name, store, upstream, gated_by)
+        if manifest is None and publishes_itself:
+            context.log.info(f"{node_name}[{partition}] version {planned.version}: launching")
+            output = build(BuildContext(recipe, planned, Path(), upstream_dirs, store, context.log, upstream, recorded))
+            manifest = store.require(node_name, partition, planned.version)
+            ui_metadata = output.ui_metadata
+        elif manifest is None:
+            context.log.info(f"{node_name}[{partition}] version {planned.version}: building")
+            with store.writing(node_name, partition, planned.version, planned.upstream, resumable) as staged:
+                output = build(
+                    BuildContext(recipe, planned, staged.path, upstream_dirs, store, context.log, upstream, recorded)
+                )
+                staged.metadata = {**recorded, **output.metadata, **checks_record(output.checks)}
+            manifest = staged.manifest
+            ui_metadata = output.ui_metadata
+        else:
+            context.log.info(
+                f"{node_name}[{partition}] version {planned.version}: complete artifact found, reporting it cached"
             )
-            staged.metadata = {**recorded, **output.metadata, **checks_record(output.checks)}
-        manifest = staged.manifest
-        ui_metadata = output.ui_metadata
-    else:
-        context.log.info(
-            f"{node_name}[{partition}] version {planned.version}: complete artifact found, reporting it cached"
-        )
     return _result(context, store, manifest, planned, cached, ui_metadata, time.monotonic() - started)
 
 
@@ -209,6 +215,8 @@ def _result(
         },
         **ui_metadata,
     }
+    if changes := explain_previous(store, manifest):
+        metadata["changes_from_previous_version"] = dg.MetadataValue.md(f"```\n{changes}\n```")
     for entry in manifest.files:
         if entry.path.endswith(".png") and "/" not in entry.path and entry.size < 500_000:
             metadata[entry.path.removesuffix(".png")] = dg.MetadataValue.md(_embedded_png(store, manifest, entry.path))

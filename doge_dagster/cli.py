@@ -5,6 +5,8 @@ doge-dagster lineage doge_base --partition tiny --version 0123456789abcdef   # a
 doge-dagster versions --partition tiny                   # every node's version and whether it is published
 doge-dagster plan --partition 160M                       # per stage: tokens, steps, expected time and GPU-hours
                                                          # against its time limit (exit 1 when one does not fit)
+doge-dagster diff doge_instruct --partition tiny         # why the recipe now plans another version than the
+                                                         # published one: recipe fields, code and upstream versions
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 
 from doge_dagster.artifacts import ArtifactStore, Manifest
 from doge_dagster.budget import estimate_stage, plan_lines
+from doge_dagster.explain import explain_against_plan
 from doge_dagster.plan import NODES, Planned, ancestry, plan_versions
 from doge_dagster.recipes import PROJECT_ROOT, RecipeError, apply_overrides, load_recipe
 
@@ -99,7 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         help="per training stage: tokens, optimizer steps, processes, expected tokens/s, wall time and GPU-hours "
         "against its time limit (exit status 1 when a stage does not fit)",
     )
-    for sub in (lineage, versions, plan):
+    diff = commands.add_parser(
+        "diff",
+        help="why the current recipe plans another version of an asset than the published one: the recipe fields "
+        "(old -> new), code versions and upstream versions that differ, explained down to the sources",
+    )
+    diff.add_argument("asset", choices=sorted(NODES))
+    diff.add_argument("--version", help="the published version to compare (default: the newest)")
+    for sub in (lineage, versions, plan, diff):
         sub.add_argument("--partition", required=True, help="recipe name, e.g. tiny")
         sub.add_argument(
             "--root",
@@ -137,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"`doge-dagster versions --partition {args.partition}` lists the planned ones", file=sys.stderr)  # fmt: skip
             return 2
         lines = recorded_lineage_lines(recorded, store)
+    elif args.command == "diff":
+        lines = explain_against_plan(store, recipe, plan_versions(recipe), args.asset, args.partition, args.version)
     elif args.command == "lineage":
         lines = lineage_lines(args.asset, args.partition, plan_versions(recipe), store)
     else:
