@@ -5,6 +5,8 @@ doge-dagster lineage doge_base --partition tiny --version 0123456789abcdef   # a
 doge-dagster versions --partition tiny                   # every node's version and whether it is published
 doge-dagster plan --partition 160M                       # per stage: tokens, steps, expected time and GPU-hours
                                                          # against its time limit (exit 1 when one does not fit)
+doge-dagster evaluate SmallDoge/Doge-20M-Instruct --suite instruct --output eval/   # any folder or Hub id, with
+                                                         # the evaluation assets' runner, tasks and report
 doge-dagster diff doge_instruct --partition tiny         # why the recipe now plans another version than the
                                                          # published one: recipe fields, code and upstream versions
 """
@@ -15,6 +17,7 @@ import argparse
 import datetime
 import os
 import sys
+from pathlib import Path
 
 from doge_dagster.artifacts import ArtifactStore, Manifest
 from doge_dagster.budget import estimate_stage, plan_lines
@@ -109,6 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     diff.add_argument("asset", choices=sorted(NODES))
     diff.add_argument("--version", help="the published version to compare (default: the newest)")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="evaluate any model (a folder or a Hub id) with the evaluation assets' runner and report; exit status 1 "
+        "when a gate (valid scores, the think format rate) fails",
+    )
+    evaluate.add_argument("model", help="a model folder, or a Hub id such as SmallDoge/Doge-20M (Hub cache offline)")
+    evaluate.add_argument("--suite", required=True, choices=["base", "instruct", "reason"],
+                          help="whose tasks, chat template and system prompt")  # fmt: skip
+    evaluate.add_argument("--recipe", default="20M", help="the recipe whose evaluation section to use (default 20M)")
+    evaluate.add_argument("--tasks", type=Path, help="a file with one task per line, instead of the suite's")
+    evaluate.add_argument("--output", type=Path, help="report folder (default eval-results/<model name>-<suite>)")
+    evaluate.add_argument("--revision", help="a Hub revision (branch, tag or commit) for a Hub id")
     for sub in (lineage, versions, plan, diff):
         sub.add_argument("--partition", required=True, help="recipe name, e.g. tiny")
         sub.add_argument(
@@ -124,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             help="recipe override, as a run tag would set",
         )
     args = parser.parse_args(argv)
+    if args.command == "evaluate":
+        return _evaluate(args)
     try:
         recipe = apply_overrides(load_recipe(args.partition), dict(item.split("=", 1) for item in args.override))
     except RecipeError as error:
@@ -164,6 +181,17 @@ def main(argv: list[str] | None = None) -> int:
         # /dev/null so the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 1 if over_limit else 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from doge_dagster.evaluation.any_model import ModelNotFoundError, evaluate_any_model
+
+    output = args.output or Path("eval-results") / f"{Path(args.model.rstrip('/')).name}-{args.suite}"
+    try:
+        return evaluate_any_model(args.model, args.suite, output, args.recipe, args.tasks, args.revision)
+    except (ModelNotFoundError, RecipeError, ValueError) as error:
+        print(error, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
