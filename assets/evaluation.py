@@ -17,9 +17,11 @@ import dagster as dg
 from assets.launching import launch_on_compute
 from assets.partitions import recipe_partitions
 from assets.versioned import BuildContext, BuildOutput, materialize_versioned, node_code_version
+from doge_dagster.launching.command import LaunchError
 from doge_dagster.plan import chain_nodes
 from doge_dagster.recipes import RecipeFolder
 from doge_dagster.stages import Report
+from doge_dagster.training.validation import validate_launch
 from resources.artifact_store import ArtifactStoreResource
 from resources.compute import ComputeResource
 
@@ -61,11 +63,17 @@ def build_evaluation_asset(report: Report, recipes: RecipeFolder) -> dg.AssetsDe
 
         def launch(build: BuildContext) -> BuildOutput:
             launch_recipe = build.recipe.section(report.section).launch
+            try:  # before the spec is written: a bad launch section leaves nothing behind
+                validate_launch(launch_recipe, report.section)
+            except LaunchError as error:
+                raise dg.Failure(description=str(error)) from None
             return launch_on_compute(
                 context, artifact_store, compute, build, report.name, name, launch_recipe, "doge_dagster.evaluation"
             )
 
-        return with_markdown(materialize_versioned(context, artifact_store, name, launch, recipes, publishes_itself=True))
+        return with_markdown(
+            materialize_versioned(context, artifact_store, name, launch, recipes, publishes_itself=True)
+        )
 
     return evaluation_asset
 

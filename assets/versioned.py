@@ -27,6 +27,7 @@ from doge_dagster.recipes import (
     RecipeFolder,
     apply_overrides,
     content_version,
+    missing_local_paths,
     overrides_from_tags,
 )
 from resources.artifact_store import ArtifactStoreResource
@@ -120,6 +121,8 @@ def materialize_versioned(
     started = time.monotonic()
     partition = context.partition_key
     recipe = run_recipe(context, recipes)
+    if missing := missing_local_paths(recipe, node_name):  # before any folder is made for the build
+        raise dg.Failure(description=f"{recipes.path(context.partition_key)}: " + "; ".join(missing))
     planned = plan_versions(recipe, nodes=[node_name])[node_name]
     store = artifact_store.get_store()
     node = chain_nodes(recipe.chain)[node_name]
@@ -153,6 +156,50 @@ def materialize_versioned(
                 f"{node_name}[{partition}] version {planned.version}: complete artifact found, reporting it cached"
             )
     return _result(context, store, manifest, planned, cached, ui_metadata, time.monotonic() - started)
+
+
+@contextlib.contextmanager
+def _one_writer(
+    context: dg.AssetExecutionContext, store: ArtifactStore, node_name: str, partition: str, version: str
+) -> Iterator[Manifest | None]:
+    """Hold the lease on the artifact version for the block (released however it ends). Yields the manifest
+    when the artifact turned out published once the lease was ours (another run built it meanwhile), else None:
+    build it.
+
+    A live holder is waited for (logged: who, since when), unless the run tag `doge/wait-for-writer` is `false`:
+    then the step fails at once, naming the holder and the lease file.
+    """
+    what = f"{node_name}[{partition}] version {version}"
+    wait = str(context.run.tags.get(WAIT_FOR_WRITER_TAG, "")).strip().lower() != "false"
+    lease = Lease(store, node_name, partition, version, run_id=context.run_id, log=context.log.warning)
+
+    def waiting(holder: LeaseRecord) -> None:
+        context.log.info(
+            f"{what}: another run is building it ({holder.describe()}); waiting until it is done "
+            f"(lease {lease.location}; run tag {WAIT_FOR_WRITER_TAG}=false fails instead)"
+        )
+
+    try:
+        lease.acquire(wait=wait, on_wait=waiting)
+    except LeaseHeldError as held:
+        raise dg.Failure(
+            description=(
+                f"{what} is being built by another run ({held.holder.describe()}), and this run has the tag "
+                f"{WAIT_FOR_WRITER_TAG}=false. "
+                f"Fix: materialize again once that run is done (or without the tag, to wait for it); if that "
+                f"holder is known to be dead, delete its lease file {held.location} (it also expires by itself "
+                f"{lease.ttl_s:.0f} s after its last refresh)."
+            )
+        ) from None
+    try:
+        manifest = store.read_manifest(node_name, partition, version)
+        if lease.waited_for and manifest is None:
+            context.log.info(f"{what}: the other run ended without publishing it; building it now")
+        elif lease.waited_for:
+            context.log.info(f"{what}: the other run published it")
+        yield manifest
+    finally:
+        lease.release()
 
 
 def recorded_metadata(

@@ -26,10 +26,15 @@ from fsspec.implementations.local import LocalFileSystem
 
 MANIFEST_NAME = "manifest.json"
 STAGING_DIR = ".staging"
+LEASES_DIR = ".leases"  # one writer per artifact: see doge_dagster/leases.py
 
 
 class ArtifactMissingError(FileNotFoundError):
     """An upstream artifact of the requested version has not been published."""
+
+
+class ArtifactUploadError(OSError):
+    """Publishing to a remote store failed part-way; no manifest was written, so nothing partial is ever read."""
 
 
 class ArtifactIntegrityError(OSError):
@@ -112,6 +117,10 @@ class ArtifactStore:
         """Full URL of an artifact folder (with protocol for remote stores)."""
         path = self._path(asset, partition, version)
         return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    def lease_path(self, asset: str, partition: str, version: str) -> str:
+        """Where the lease on an artifact version lives (`doge_dagster.leases`): a JSON file beside the versions."""
+        return self._path(asset, partition, LEASES_DIR, f"{version}.json")
 
     # -- reading ------------------------------------------------------------------------------------
     def read_manifest(self, asset: str, partition: str, version: str) -> Manifest | None:
@@ -221,17 +230,37 @@ class ArtifactStore:
             metadata=dict(metadata or {}),
         )
         final = self._path(asset, partition, version)
-        if self.fs.exists(final):
-            # A leftover without manifest (interrupted publish) or an older complete copy: replace it.
-            self.fs.rm(final, recursive=True)
         if self.is_local:
+            if self.fs.exists(final):
+                # A leftover without manifest (interrupted publish) or an older complete copy: replace it.
+                self.fs.rm(final, recursive=True)
             Path(final).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged, final)
-        else:
+            self._write_manifest(final, manifest)
+            return manifest
+        try:
+            if self.fs.exists(final):
+                self.fs.rm(final, recursive=True)  # a leftover without manifest, or an older complete copy
             self.fs.put(f"{staged}/", f"{final}/", recursive=True)
-            shutil.rmtree(staged, ignore_errors=True)
-        self._write_manifest(final, manifest)
+            self._write_manifest(final, manifest)
+        except Exception as error:  # the endpoint went away, credentials expired, the bucket is full...
+            kept = f"the staged files are kept in {staged}" if staged.is_dir() else "the staged files are gone"
+            raise ArtifactUploadError(
+                f"uploading {asset}[{partition}] version {version} to {self.url(asset, partition, version)} "
+                f"(endpoint {self.endpoint()}) failed: {type(error).__name__}: {error}. No manifest was written, so "
+                f"no reader sees a partial artifact; {kept}. Check that the store is reachable, then materialize "
+                f"{asset} for partition {partition} again: the rerun uploads it again"
+            ) from error
+        shutil.rmtree(staged, ignore_errors=True)
         return manifest
+
+    def endpoint(self) -> str:
+        """The remote store's endpoint as configured (storage options, else the environment), for messages."""
+        url = self.storage_options.get("client_kwargs", {}).get("endpoint_url")
+        url = url or self.storage_options.get("endpoint_url")
+        for name in ("FSSPEC_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+            url = url or os.environ.get(name)
+        return url or "the provider's default"
 
     def _write_manifest(self, final: str, manifest: Manifest) -> None:
         target = f"{final}/{MANIFEST_NAME}"

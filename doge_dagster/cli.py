@@ -22,6 +22,7 @@ from pathlib import Path
 from doge_dagster.artifacts import ArtifactStore, Manifest
 from doge_dagster.budget import estimate_stage, plan_lines
 from doge_dagster.explain import explain_against_plan
+from doge_dagster.hub_models import EXTERNAL_PREFIXES
 from doge_dagster.plan import NODES, Planned, ancestry, plan_versions
 from doge_dagster.recipes import PROJECT_ROOT, RecipeError, apply_overrides, load_recipe
 
@@ -47,7 +48,7 @@ def lineage_lines(node: str, partition: str, planned: dict[str, Planned], store:
             name: version
             for step in ancestry(node)
             for name, version in planned[step].upstream.items()
-            if name.startswith("source_")
+            if name.startswith(EXTERNAL_PREFIXES)
         }.items()
     )
     for name, version in sources:
@@ -69,7 +70,7 @@ def recorded_lineage_lines(root: Manifest, store: ArtifactStore) -> list[str]:
     seen: set[tuple[str, str]] = set()
 
     def visit(asset: str, asset_version: str, manifest: Manifest | None = None) -> None:
-        if asset.startswith("source_"):
+        if asset.startswith(EXTERNAL_PREFIXES):  # a dataset or a Hub checkpoint: no manifest of ours
             sources[asset] = asset_version
             return
         if (asset, asset_version) in seen:

@@ -7,7 +7,8 @@ DOGE_S3_SECRET_ACCESS_KEY the credentials (read at run time through `dg.EnvVar`,
 DOGE_COMPUTE_BACKEND picks where training runs (local, slurm, kubernetes); see README "Compute".
 DOGE_MAX_CONCURRENT_STEPS sets how many steps of a run execute at once (see `executor_from_env`).
 DOGE_RECIPES_DIR is the recipes folder (one partition per recipe), DOGE_EXTRA_STAGES adds stages of your own
-(`doge_dagster.stages`), DOGE_RETRAIN_CRON / DOGE_RETRAIN_PARTITIONS configure the retraining schedule.
+(`doge_dagster.stages`), DOGE_RETRAIN_CRON / DOGE_RETRAIN_PARTITIONS configure the retraining schedule,
+DOGE_RELEASE_IN_FULL_PIPELINE=true adds the releases to `full_pipeline` (and so to the retraining schedule).
 `build_definitions` builds the same for any recipes folder and chain.
 """
 
@@ -18,6 +19,7 @@ import dagster as dg
 
 from assets.data import build_data_assets
 from assets.evaluation import build_evaluation_assets
+from assets.release import build_release_assets
 from assets.training import build_training_assets
 from doge_dagster.recipes import RECIPES_DIR, RecipeFolder
 from doge_dagster.stages import CHAIN, Chain
@@ -98,6 +100,14 @@ def executor_from_env() -> dg.ExecutorDefinition:
     return dg.multiprocess_executor.configured({"max_concurrent": steps}) if steps else dg.multiprocess_executor
 
 
+def release_in_full_pipeline_from_env() -> bool:
+    """Whether DOGE_RELEASE_IN_FULL_PIPELINE turns releasing on in `full_pipeline` (true/false, default false)."""
+    raw = os.environ.get("DOGE_RELEASE_IN_FULL_PIPELINE", "").strip().lower()
+    if raw not in ("", "true", "false", "1", "0"):
+        raise ValueError(f"DOGE_RELEASE_IN_FULL_PIPELINE={raw!r}: set true or false, or unset it")
+    return raw in ("true", "1")
+
+
 def build_definitions(
     recipes_dir: Path | str = RECIPES_DIR,
     chain: Chain = CHAIN,
@@ -106,18 +116,25 @@ def build_definitions(
     executor: dg.ExecutorDefinition | None = None,
     retrain_cron: str = DEFAULT_RETRAIN_CRON,
     retrain_partitions: tuple[str, ...] | list[str] = DEFAULT_RETRAIN_PARTITIONS,
+    release_in_full_pipeline: bool = False,
 ) -> dg.Definitions:
     """The code location for one recipes folder (a partition per recipe) and one chain of stages.
 
     Every asset, job, schedule and sensor is built from the chain's records and the folder's recipes; the
     resources default to the environment's (DOGE_* variables), so a test or a script can build the definitions
     of any recipes folder in its own process. The module-level `defs` is this with the environment's settings.
+    Releases run from the `release` job, or in `full_pipeline` too with `release_in_full_pipeline`.
     """
     recipes = RecipeFolder(Path(recipes_dir), chain)
     schedules, sensors = build_automation(recipes, retrain_cron, retrain_partitions)
     return dg.Definitions(
-        assets=[*build_data_assets(recipes), *build_training_assets(recipes), *build_evaluation_assets(recipes)],
-        jobs=build_jobs(recipes),
+        assets=[
+            *build_data_assets(recipes),
+            *build_training_assets(recipes),
+            *build_evaluation_assets(recipes),
+            *build_release_assets(recipes),
+        ],
+        jobs=build_jobs(recipes, release_in_full_pipeline),
         schedules=schedules,
         sensors=sensors,
         executor=executor or executor_from_env(),
@@ -131,4 +148,5 @@ def build_definitions(
 defs = build_definitions(
     retrain_cron=os.environ.get("DOGE_RETRAIN_CRON", DEFAULT_RETRAIN_CRON),
     retrain_partitions=os.environ.get("DOGE_RETRAIN_PARTITIONS", ",".join(DEFAULT_RETRAIN_PARTITIONS)).split(","),
+    release_in_full_pipeline=release_in_full_pipeline_from_env(),
 )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from doge_dagster.artifacts import ArtifactStore, Manifest
+from doge_dagster.hub_models import EXTERNAL_PREFIXES
 from doge_dagster.plan import Planned, chain_nodes
 from doge_dagster.recipes import Recipe
 
@@ -96,7 +97,7 @@ def explain(old: Build, new: Build, old_upstream: Resolver, new_upstream: Resolv
             continue
         if name == new.asset:
             lines.append(f"{pad}  continued from: {before or '(scratch)'} -> {after or '(scratch)'}")
-        elif name.startswith("source_"):
+        elif name.startswith(EXTERNAL_PREFIXES):
             lines.append(f"{pad}  source {name}: {before or '(not read)'} -> {after or '(not read)'}")
         else:
             old_build = old_upstream(name, before) if before else None

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from doge_dagster.artifacts import ArtifactStore, Manifest
+from doge_dagster.hub_models import EXTERNAL_PREFIXES
 
 ALLOW_FAILED_GATES_TAG = "doge/allow-failed-gates"
 PASSED, FAILED = "passed", "failed"
@@ -72,7 +73,7 @@ def failed_gates(store: ArtifactStore, partition: str, inputs: dict[str, Manifes
         if failed:
             found.append(FailedGate(manifest.asset, manifest.version, failed, path))
         for asset, version in sorted(manifest.upstream.items()):
-            if asset.startswith("source_"):
+            if asset.startswith(EXTERNAL_PREFIXES):  # datasets and Hub checkpoints carry no checks
                 continue
             parent = store.read_manifest(asset, partition, version)
             if parent is not None:  # a missing ancestor is reported by `require`, not here

@@ -12,6 +12,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from doge_dagster.recipe_sections import PretrainStage
 from doge_dagster.recipes import (
     Recipe,
     SourceRef,
@@ -36,6 +37,8 @@ class Node:
     description: str
 
 
+RELEASE_GROUP = "release"  # outside `full_pipeline` and every automation: releasing is a user's decision
+
 TOKENIZER = Node(
     name="tokenizer",
     group="data",
@@ -48,7 +51,7 @@ TOKENIZER = Node(
 
 @functools.cache
 def chain_nodes(chain: Chain) -> dict[str, Node]:
-    """Every node of a chain by asset name: the tokenizer, then its mixtures, stages and reports."""
+    """Every node of a chain by asset name: the tokenizer, then its mixtures, stages, reports and releases."""
     stages = {stage.name: stage for stage in chain.stages}
     reports = {report.name: report for report in chain.reports}
     nodes = {"tokenizer": TOKENIZER}
@@ -67,6 +70,14 @@ def chain_nodes(chain: Chain) -> dict[str, Node]:
         upstream = (stages[report.model_stage].asset, "tokenizer", *compared)
         nodes[report.asset] = Node(
             report.asset, "evaluation", (report.section,), upstream, report.code_version, report.description
+        )
+    for release in chain.releases:
+        # The report is an input, so the gates of its whole recorded lineage hold before anything is released;
+        # the base release's section is read too, since its repo id is the card's `base_model`.
+        upstream = (stages[release.model_stage].asset, reports[release.report].asset, "tokenizer")
+        base = (chain.release(release.base_release).section,) if release.base_release else ()
+        nodes[release.asset] = Node(
+            release.asset, RELEASE_GROUP, (*base, release.section), upstream, release.code_version, release.description
         )
     return nodes
 
@@ -145,6 +156,12 @@ def plan_versions(
             # A continued model's manifest records the checkpoint it started from, so its recorded
             # lineage goes back through every earlier version of it.
             upstream[name] = continued
+        if isinstance(stage_section, PretrainStage) and (hub_id := stage_section.hub_model()):
+            from doge_dagster.hub_models import HUB_MODEL_PREFIX, hub_commit
+
+            # The commit the Hub id resolves to: a new checkpoint on that branch is a new version.
+            field = f"{node.sections[-1]}.init_from"
+            upstream[f"{HUB_MODEL_PREFIX}{hub_id}"] = hub_commit(hub_id, stage_section.init_revision, field)
         section = content_version(*(recipe.section(path) for path in node.sections))
         version = content_version(node.name, node.code_version, section, upstream)
         planned[name] = Planned(name, version, upstream, section)

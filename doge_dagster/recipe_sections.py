@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -53,10 +53,17 @@ class Strict(BaseModel):
     """Base for every recipe section: unknown fields are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Fields added after recipes were published: left out of the dump while unset, so the sections of recipes
+    # that do not use them keep their versions (a section is versioned by its dump).
+    OMITTED_WHEN_UNSET: ClassVar[tuple[str, ...]] = ()
 
     @model_serializer(mode="wrap")
     def _with_settings(self, handler: Any, info: SerializationInfo) -> Any:
         data = handler(self)
+        if isinstance(data, dict):
+            for name in self.OMITTED_WHEN_UNSET:
+                if data.get(name) is None:
+                    data.pop(name, None)
         if isinstance(data, dict) and isinstance(info.context, dict) and info.context.get("with_settings"):
             for name, field in type(self).model_fields.items():
                 if field.exclude:  # scalar settings only (numbers, strings)
@@ -174,7 +181,9 @@ class MixtureRecipe(Strict):
     system_prompt: str | None = None
     shuffle_buffer: int = Field(10_000, gt=0)
     shard_rows: int = Field(
-        10_000, gt=0, description="rows per shard on disk: what a killed build resumes from, and the example shuffle's unit"
+        10_000,
+        gt=0,
+        description="rows per shard on disk: what a killed build resumes from, and the example shuffle's unit",
     )
     # Excluded from the dump, so from versions: the output is the same for any number of processes.
     dataset_num_proc: int | None = Field(
@@ -235,12 +244,28 @@ class ModelRecipe(Strict):
     @model_validator(mode="after")
     def _shapes(self) -> ModelRecipe:
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError("hidden_size must be divisible by num_attention_heads")
+            heads = self.num_attention_heads
+            raise ValueError(
+                f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_attention_heads ({heads}); "
+                f"set hidden_size to a multiple of {heads} (e.g. {max(heads, self.hidden_size // heads * heads)}) "
+                "or change num_attention_heads"
+            )
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError("num_attention_heads must be divisible by num_key_value_heads")
+            raise ValueError(
+                f"model.num_attention_heads ({self.num_attention_heads}) must be divisible by "
+                f"model.num_key_value_heads ({self.num_key_value_heads}); set num_key_value_heads to a divisor of "
+                f"num_attention_heads"
+            )
         if self.pad_token_id == self.eos_token_id:
             raise ValueError("pad_token_id must differ from eos_token_id, or every EOS is masked from the loss")
         return self
+
+
+# Slurm time limits (`doge_dagster.throughput.time_limit_seconds` reads the same): days, hours, minutes, seconds.
+TIME_LIMIT = re.compile(r"(?:(\d+)-(\d+)(?::(\d+)(?::(\d+))?)?|(\d+)(?::(\d+))?|(\d+):(\d+):(\d+))")
+# Slurm (`64G`, `4096` = MB) and Kubernetes (`64Gi`, `1.5G`) memory sizes.
+MEMORY = re.compile(r"\d+(\.\d+)?([KMGTPEkmgtpe]i?)?[Bb]?")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class LaunchRecipe(Strict):
@@ -284,6 +309,49 @@ class LaunchRecipe(Strict):
     gpu_hour_price: float | None = Field(
         None, ge=0, exclude=True, description="price of one GPU-hour (any currency) for the run's estimated cost"
     )
+
+    @field_validator("time_limit")
+    @classmethod
+    def _slurm_time(cls, value: str) -> str:
+        # Slurm's formats; anything else would be misread (a leading `-` is taken as a day separator) or fail late.
+        match = TIME_LIMIT.fullmatch(value.strip())
+        total = sum(int(part or 0) for part in match.groups()) if match else 0
+        if not match or total == 0:
+            raise ValueError(
+                f"time_limit {value!r} is not a positive Slurm duration; write MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM "
+                "or D-HH:MM:SS, e.g. '24:00:00' or '2-00:00:00'"
+            )
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_size(cls, value: str | None) -> str | None:
+        if value is not None and not MEMORY.fullmatch(value.strip()):
+            raise ValueError(
+                f"memory {value!r} is not a size; write a number with an optional unit, e.g. '64G' (Slurm) or "
+                "'64Gi' (Kubernetes); a bare number is megabytes"
+            )
+        return value
+
+    @field_validator("image")
+    @classmethod
+    def _image_reference(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(char.isspace() for char in value)):
+            raise ValueError(
+                f"image {value!r} is not an image reference (no spaces), e.g. registry.example.com/doge-dagster:0.1.0"
+            )
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not ENV_NAME.fullmatch(name):
+                raise ValueError(
+                    f"env: {name!r} is not an environment variable name (letters, digits and _, not starting with a "
+                    "digit); rename it"
+                )
+        return value
 
     @property
     def processes(self) -> int:
@@ -379,7 +447,12 @@ class PretrainStage(StageRecipe):
     """Pretraining from scratch, or continued from `init_from`: a Hub id, a local folder, or a published
     `doge_base:<version>` of the same partition (its WSD stable-phase snapshot when it kept one)."""
 
+    OMITTED_WHEN_UNSET: ClassVar[tuple[str, ...]] = ("init_revision",)
+
     init_from: str | None = None
+    # For a Hub id: the branch, tag or commit to continue from (default main). The commit it resolves to is an
+    # upstream of the model, so a new checkpoint on that branch gives a new version.
+    init_revision: str | None = None
 
     @field_validator("init_from")
     @classmethod
@@ -398,6 +471,19 @@ class PretrainStage(StageRecipe):
         """The `doge_base` version this run continues from, when `init_from` names a published one."""
         asset, _, version = (self.init_from or "").partition(":")
         return version if asset == "doge_base" and version else None
+
+    def hub_model(self) -> str | None:
+        """The Hub id this run continues from, when `init_from` names one (not a folder, not a published base)."""
+        from doge_dagster.hub_models import is_hub_id
+
+        return self.init_from if is_hub_id(self.init_from) else None
+
+    @model_validator(mode="after")
+    def _revision_needs_a_hub_id(self) -> PretrainStage:
+        if self.init_revision and not self.hub_model():
+            raise ValueError(f"init_revision {self.init_revision!r} applies to a Hub id in init_from, and init_from is "
+                             f"{self.init_from!r}; remove init_revision or name a Hub id (org/name)")  # fmt: skip
+        return self
 
 
 class GRPOStage(StageRecipe):
@@ -431,6 +517,11 @@ class GRPOStage(StageRecipe):
         return None
 
 
+# lighteval 0.11's suites (`lighteval.tasks.registry.DEFAULT_SUITES`; importing lighteval costs seconds, so copied).
+LIGHTEVAL_SUITES = (
+    "helm", "bigbench", "harness", "leaderboard", "lighteval", "original", "extended", "custom", "test",
+    "community", "multilingual",
+)  # fmt: skip
 TASK_PATTERN = re.compile(r"^[\w.-]+\|[\w.:/-]+\|\d+\|[01]$")
 
 
@@ -452,4 +543,70 @@ class EvalRecipe(Strict):
                 raise ValueError(
                     f"task {task!r} is not of the form suite|task|fewshot|truncate (e.g. lighteval|piqa|0|0)"
                 )
+            suite = task.split("|", 1)[0]
+            if suite not in LIGHTEVAL_SUITES:
+                raise ValueError(
+                    f"task {task!r}: unknown suite {suite!r}; use one of {', '.join(LIGHTEVAL_SUITES)} "
+                    "(the project's own tasks are in `custom`)"
+                )
+        repeated = sorted({task for task in tasks if tasks.count(task) > 1})
+        if repeated:
+            raise ValueError(f"task listed twice: {', '.join(repeated)}; list each task once")
         return tasks
+
+
+# The Hub's repo ids: `<org or user>/<name>`, letters, digits, `-`, `_`, `.`; no `--` or `..`, no `-`/`.` at the ends.
+HUB_NAME = re.compile(r"(?!.*(--|\.\.))[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?")
+HUB_LICENSE = re.compile(r"[a-z0-9][a-z0-9.+-]*")
+
+
+class ReleaseRecipe(Strict):
+    """A release of one stage's model (`releases.<name>`): where it goes, who sees it, its licence and tags.
+
+    Without `repo_id` the release is a dry run: the folder is built, validated and published to the artifact
+    store, and nothing leaves the machine. With it, the folder is pushed to `<org>/<name>` on the Hub (token
+    from HF_TOKEN at run time), tagged with the release's artifact version.
+    """
+
+    # A setting, not content: excluded from the dump, so turning a release on or off changes no version.
+    enabled: bool = Field(
+        True, exclude=True, description="build this release when its asset is materialized; false: the step skips"
+    )
+    repo_id: str | None = Field(None, description="`<org>/<name>` on the Hub; unset: a dry run (built, not pushed)")
+    private: bool = Field(True, description="create the Hub repo private; an existing public repo is refused")
+    license: str = Field(
+        "apache-2.0", description="a Hub license id (https://huggingface.co/docs/hub/repositories-licenses)"
+    )
+    tags: list[str] = Field(default_factory=list, description="extra Hub tags of the model card")
+
+    @field_validator("repo_id")
+    @classmethod
+    def _hub_repo(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = value.split("/")
+        if len(parts) != 2 or not all(HUB_NAME.fullmatch(part) for part in parts):
+            raise ValueError(
+                f"repo_id {value!r} is not a Hub repo id; write <org>/<name> (letters, digits, '-', '_', '.'), "
+                "e.g. SmallDoge/Doge-20M-Instruct, or leave it out for a dry run"
+            )
+        return value
+
+    @field_validator("license")
+    @classmethod
+    def _hub_license(cls, value: str) -> str:
+        if not HUB_LICENSE.fullmatch(value):
+            raise ValueError(
+                f"license {value!r} is not a Hub license id; write one in lower case, e.g. apache-2.0 or mit "
+                "(https://huggingface.co/docs/hub/repositories-licenses)"
+            )
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _distinct_tags(cls, tags: list[str]) -> list[str]:
+        if bad := [tag for tag in tags if not tag.strip() or tag != tag.strip()]:
+            raise ValueError(f"tags {bad!r}: a tag is a non-empty word without surrounding spaces")
+        if repeated := sorted({tag for tag in tags if tags.count(tag) > 1}):
+            raise ValueError(f"tag listed twice: {', '.join(repeated)}; list each tag once")
+        return tags

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError, create_model, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from doge_dagster.recipe_sections import (
     WITH_SETTINGS,
@@ -27,6 +27,7 @@ from doge_dagster.recipe_sections import (
     LaunchRecipe,
     MixtureRecipe,
     ModelRecipe,
+    ReleaseRecipe,
     SourceRef,
     StageRecipe,
     Strict,
@@ -59,6 +60,15 @@ def _section_fields(records, model_of, required) -> dict[str, Any]:
     }
 
 
+def release_model(release) -> type[ReleaseRecipe]:
+    """The section model of one release: `ReleaseRecipe` with the record's default for `enabled`."""
+    return create_model(
+        f"{release.name.title()}Release", __base__=ReleaseRecipe,
+        __doc__=f"releases.{release.name}: {release.description}",
+        enabled=(bool, Field(release.enabled, exclude=True, description=ReleaseRecipe.model_fields["enabled"].description)),
+    )  # fmt: skip
+
+
 @functools.cache
 def recipe_model(chain: Chain) -> type[Strict]:
     """The `Recipe` model of a chain: a section per mixture, stage and report, in chain order."""
@@ -75,6 +85,10 @@ def recipe_model(chain: Chain) -> type[Strict]:
         "Evaluations", __base__=Strict, __doc__="One report per evaluated model.",
         **_section_fields(chain.reports, lambda _: EvalRecipe, lambda _: True),
     )  # fmt: skip
+    release_sections = create_model(
+        "Releases", __base__=Strict, __doc__="One release per released model; a recipe may leave any out.",
+        **{release.name: (model, model()) for release, model in zip(chain.releases, map(release_model, chain.releases))},
+    )  # fmt: skip
 
     class Recipe(Strict):
         """Everything one partition needs, from tokenizer to evaluation."""
@@ -86,6 +100,7 @@ def recipe_model(chain: Chain) -> type[Strict]:
         model: ModelRecipe
         stages: stages  # type: ignore[valid-type]
         evaluation: evaluations  # type: ignore[valid-type]
+        releases: release_sections = Field(default_factory=release_sections)  # type: ignore[valid-type]
 
         @model_validator(mode="after")
         def _source_kinds(self) -> Recipe:
@@ -98,6 +113,16 @@ def recipe_model(chain: Chain) -> type[Strict]:
                             f"mixtures.{mixture.name}.sources.{index}.dataset: {source.dataset!r} holds {actual} "
                             f"rows, but the {mixture.name} mixture needs {mixture.dataset_kind} datasets"
                         )
+                positions = self.model.max_position_embeddings
+                # Pretraining fixes the context the model declares; later stages may go beyond it on purpose (the
+                # seed distils at 4096 tokens on 2048 RoPE positions), so only packed pretraining rows are checked.
+                if section is not None and mixture.packed and section.max_length > positions:
+                    raise ValueError(
+                        f"mixtures.{mixture.name}.max_length ({section.max_length}) is above "
+                        f"model.max_position_embeddings ({positions}): the model would be pretrained on positions "
+                        f"it does not declare; lower max_length to at most {positions} or raise "
+                        "model.max_position_embeddings"
+                    )
                 if section is not None and section.packing is not None and section.packing != mixture.packed:
                     raise ValueError(
                         f"mixtures.{mixture.name}.packing: pretraining rows are always packed; set it to true"
@@ -311,6 +336,40 @@ def recipe_sources(recipe: Recipe) -> dict[str, SourceUse]:
         for ref in mixture.sources if mixture is not None else ():
             uses[ref.dataset] = SourceUse(ref, mixture.seed)
     return uses
+
+
+def missing_local_paths(recipe: Recipe, node: str) -> list[str]:
+    """The local folders `node` reads that do not exist on this machine, one line each naming the field and the
+    fix: a `path` tokenizer, and the local sources (or Hub mirrors) of its mixture, or of every mixture for a
+    trained tokenizer. Checked before a build starts, so a typo fails in milliseconds and writes nothing."""
+    problems = []
+    if node == "tokenizer" and recipe.tokenizer.source == "path":
+        folder = recipe.tokenizer.name_or_path or ""
+        if not Path(folder).is_dir():
+            problems.append(
+                f"tokenizer.name_or_path {folder!r} is not a folder (source: path); point it at a local folder with "
+                "tokenizer.json, or use source: hub for a Hub id, or source: train_bpe"
+            )
+    for kind in recipe.chain.mixtures:
+        mixture = getattr(recipe.mixtures, kind.name)
+        reads = node == kind.asset or (node == "tokenizer" and recipe.tokenizer.source == "train_bpe")
+        for index, ref in enumerate(mixture.sources if mixture is not None and reads else ()):
+            if ref.path is None:
+                continue
+            # a Hub mirror holds the repo as a subfolder: {path}/{repo}
+            folder = (
+                Path(ref.path)
+                if ref.kind == "local"
+                else Path(ref.path) / (ref.repo or dataset_spec(ref.dataset).hub_id)
+            )
+            if not folder.is_dir():
+                what = "a folder of the dataset's jsonl/parquet files" if ref.kind == "local" else "a local Hub mirror"
+                problems.append(
+                    f"mixtures.{kind.name}.sources.{index}.path {ref.path!r} does not exist on this machine"
+                    + ("" if folder == Path(ref.path) else f" (no folder {folder})")
+                    + f"; point it at {what} (dataset {ref.dataset!r}, kind {ref.kind})"
+                )
+    return problems
 
 
 def node_sources(recipe: Recipe, node: str) -> list[SourceUse]:

@@ -3,7 +3,9 @@
 Vocabulary, used the same way in code, recipes, README and UI:
 - a *mixture* is a dataset built from sources by ratio (`mixtures.<name>` in a recipe, asset `<name>_mixture`);
 - a *stage* is one training step of the chain (`stages.<name>`), producing a model asset;
-- a *report* is an evaluation of one stage's model (`evaluation.<name>`), producing a report asset.
+- a *report* is an evaluation of one stage's model (`evaluation.<name>`), producing a report asset;
+- a *release* is one stage's model published once its report's gates passed (`releases.<name>`, asset
+  `release_<name>`): a folder in the Hugging Face Hub's layout, pushed when the recipe names a repo.
 
 Everything else derives from these records: the recipe schema, the plan and its versions, the Dagster assets,
 their checks and gates, launch validation, the training runner and the jobs. A record checks itself when it
@@ -11,7 +13,7 @@ is built (its trainer class, its check names, the mixture and stages it names), 
 fails when the code location loads, with the stage's name.
 
 Extra stages (e.g. a KTO pass, or a second SFT pass) can live in your own package: a module that defines
-`STAGES` (a list of `Stage` records, and optionally `MIXTURES` / `REPORTS`), named in the environment as
+`STAGES` (a list of `Stage` records, and optionally `MIXTURES` / `REPORTS` / `RELEASES`), named in the environment as
 `DOGE_EXTRA_STAGES=my_package.my_stages` (comma-separated for several) where the code location runs. Each
 launch spec names the same modules (`Chain.extra_modules`), so a launched trainer loads the same chain.
 """
@@ -164,6 +166,42 @@ class Report:
         return f"evaluation.{self.name}"
 
 
+# The seed's usage samples every model the same way; only the length differs (chat replies against reasoning traces).
+RELEASE_SAMPLING = {"do_sample": True, "temperature": 0.8, "top_p": 0.9}
+
+
+@dataclass(frozen=True)
+class Release:
+    """A released model: one stage's model, published only when every gate up the chain passed.
+
+    `report` is the report the release is downstream of: an input of its version, so its recorded lineage (the
+    model, the reports it compares with, back to the sources) is walked for failed gates before anything is
+    built. `base_release` names the release of the model this one was trained from (its `repo_id` becomes the
+    card's `base_model`); `max_new_tokens` is the generation limit of the release's `generation_config.json`
+    (sampled with `RELEASE_SAMPLING`); `enabled` is what a recipe that does not set `releases.<name>.enabled` gets.
+    """
+
+    name: str
+    asset: str
+    model_stage: str
+    report: str
+    code_version: str
+    description: str
+    max_new_tokens: int = 100
+    base_release: str | None = None
+    enabled: bool = True
+
+    @property
+    def section(self) -> str:
+        """The release's recipe section path."""
+        return f"releases.{self.name}"
+
+    @property
+    def generation(self) -> dict[str, object]:
+        """The sampling settings of the release's `generation_config.json`."""
+        return {**RELEASE_SAMPLING, "max_new_tokens": self.max_new_tokens}
+
+
 MIXTURES = (
     Mixture(
         "pretrain", "text", ("input_ids",), packed=True,
@@ -235,18 +273,47 @@ REPORTS = (
     ),
 )  # fmt: skip
 
+RELEASES = (
+    Release(
+        "base", "release_base", model_stage="pretrain", report="base", code_version="release-1", enabled=False,
+        description="doge_base as a Hub release (off unless releases.base.enabled): weights, tokenizer, sampling "
+        "generation config and a model card with lineage, data, training metrics and base_eval's scores.",
+    ),
+    Release(
+        "instruct", "release_instruct", model_stage="dpo", report="instruct", code_version="release-1",
+        base_release="base",
+        description="doge_instruct as a Hub release once every gate up to instruct_eval passed: weights, tokenizer "
+        "with chat template, sampling generation config (100 new tokens) and a model card; pushed when "
+        "releases.instruct.repo_id is set, else a dry run.",
+    ),
+    Release(
+        "reason", "release_reason", model_stage="grpo", report="reason", code_version="release-1",
+        base_release="instruct", max_new_tokens=1000,
+        description="doge_reason as a Hub release once every gate up to reason_eval passed: weights, tokenizer "
+        "with chat template, sampling generation config (1000 new tokens) and a model card; pushed when "
+        "releases.reason.repo_id is set, else a dry run.",
+    ),
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Chain:
-    """Every mixture, stage and report of the pipeline, checked for consistency."""
+    """Every mixture, stage, report and release of the pipeline, checked for consistency."""
 
     mixtures: tuple[Mixture, ...]
     stages: tuple[Stage, ...]
     reports: tuple[Report, ...]
+    releases: tuple[Release, ...] = ()
     extra_modules: str = ""  # the DOGE_EXTRA_STAGES modules it was loaded with: launched processes load the same
 
     def __post_init__(self) -> None:
-        for kind, records in (("mixture", self.mixtures), ("stage", self.stages), ("report", self.reports)):
+        kinds = (
+            ("mixture", self.mixtures),
+            ("stage", self.stages),
+            ("report", self.reports),
+            ("release", self.releases),
+        )
+        for kind, records in kinds:
             names = [record.name for record in records]
             if duplicates := sorted({name for name in names if names.count(name) > 1}):
                 raise ChainError(f"{kind} name(s) declared twice: {', '.join(duplicates)}")
@@ -269,13 +336,33 @@ class Chain:
                 raise ChainError(f"report {report.name!r}: compares with undeclared report {report.compares_with!r}")
             if report.prompt_mixture is not None and report.prompt_mixture not in mixtures:
                 raise ChainError(f"report {report.name!r}: prompt mixture {report.prompt_mixture!r} is not declared")
+        self._check_releases(stages, reports)
         assets = [
             *(mixture.asset for mixture in self.mixtures),
             *(s.asset for s in self.stages),
             *(r.asset for r in self.reports),
+            *(r.asset for r in self.releases),
         ]
         if duplicates := sorted({asset for asset in assets if assets.count(asset) > 1}):
             raise ChainError(f"asset name(s) used twice: {', '.join(duplicates)}")
+
+    def _check_releases(self, stages: set[str], reports: set[str]) -> None:
+        releases = {release.name for release in self.releases}
+        for release in self.releases:
+            if release.model_stage not in stages:
+                raise ChainError(f"release {release.name!r}: stage {release.model_stage!r} is not declared")
+            if release.report not in reports:
+                raise ChainError(f"release {release.name!r}: report {release.report!r} is not declared")
+            evaluated = self.report(release.report).model_stage
+            if evaluated != release.model_stage:
+                raise ChainError(
+                    f"release {release.name!r} releases stage {release.model_stage!r}, but its report "
+                    f"{release.report!r} evaluates stage {evaluated!r}; name the report of the released model"
+                )
+            if release.base_release is not None and release.base_release not in releases:
+                raise ChainError(f"release {release.name!r}: base release {release.base_release!r} is not declared")
+            if release.max_new_tokens < 1:
+                raise ChainError(f"release {release.name!r}: max_new_tokens must be at least 1")
 
     def mixture(self, name: str) -> Mixture:
         """The mixture record called `name`."""
@@ -295,6 +382,13 @@ class Chain:
                 return report
         raise ChainError(f"no report {name!r}; the chain's reports: {', '.join(r.name for r in self.reports)}")
 
+    def release(self, name: str) -> Release:
+        """The release record called `name`."""
+        for release in self.releases:
+            if release.name == name:
+                return release
+        raise ChainError(f"no release {name!r}; the chain's releases: {', '.join(r.name for r in self.releases)}")
+
     def root_stage(self) -> Stage:
         """The stage that trains from scratch (pretraining), which every other stage descends from."""
         return next(stage for stage in self.stages if stage.parent is None)
@@ -312,14 +406,15 @@ def chain_for(extra_modules: str) -> Chain:
 
 def load_chain(extra_modules: str | None = None) -> Chain:
     """The shipped records plus those of the modules in `extra_modules` (default: $DOGE_EXTRA_STAGES)."""
-    mixtures, stages, reports = list(MIXTURES), list(STAGES), list(REPORTS)
+    mixtures, stages, reports, releases = list(MIXTURES), list(STAGES), list(REPORTS), list(RELEASES)
     raw = os.environ.get(EXTRA_STAGES_ENV, "") if extra_modules is None else extra_modules
     for name in filter(None, (part.strip() for part in raw.split(","))):
         module = _import(name, EXTRA_STAGES_ENV)
         mixtures += getattr(module, "MIXTURES", [])
         stages += getattr(module, "STAGES", [])
         reports += getattr(module, "REPORTS", [])
-    return Chain(tuple(mixtures), tuple(stages), tuple(reports), raw)
+        releases += getattr(module, "RELEASES", [])
+    return Chain(tuple(mixtures), tuple(stages), tuple(reports), tuple(releases), raw)
 
 
 CHAIN = load_chain()

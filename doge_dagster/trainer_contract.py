@@ -52,12 +52,16 @@ class StageContext:
 
     def resolve_model(self, reference: str) -> str:
         """`<model asset>:<version>` of this partition -> that published artifact (its WSD stable-phase
-        snapshot when the run kept one); anything else is a Hub id or a folder."""
+        snapshot when the run kept one); a Hub id -> its snapshot at the commit the plan resolved; else a folder."""
         asset, _, version = reference.partition(":")
         if version and asset == self.stage.asset:
             folder = self.store.local_path(self.store.require(asset, self.spec.partition, version))
             stable = folder / "stable"
             return str(stable if stable.is_dir() else folder)
+        from doge_dagster.hub_models import HUB_MODEL_PREFIX, download_checkpoint
+
+        if (commit := self.spec.upstream.get(f"{HUB_MODEL_PREFIX}{reference}")) is not None:
+            return download_checkpoint(reference, commit)  # the commit the orchestrator planned with
         return reference
 
     def eval_split(self, *drop: str):

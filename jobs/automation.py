@@ -13,7 +13,7 @@ from dagster._core.definitions.data_version import DATA_VERSION_TAG
 from doge_dagster.artifacts import ArtifactStore
 from doge_dagster.data.sources import SourceError
 from doge_dagster.gates import ALLOW_FAILED_GATES_TAG, failed_gates
-from doge_dagster.plan import ancestry, chain_nodes, plan_versions, source_versions
+from doge_dagster.plan import RELEASE_GROUP, ancestry, chain_nodes, plan_versions, source_versions
 from doge_dagster.recipes import (
     OVERRIDE_TAG_PREFIX,
     RecipeError,
@@ -62,7 +62,9 @@ def retrain_request(store: ArtifactStore, recipes: RecipeFolder, partition: str)
                 tags = same_tags
             else:
                 tags = {init_from_tag(recipe.chain): f"{base}:{newest.version}"}
-        planned = plan_versions(apply_overrides(recipe, overrides_from_tags(tags)))
+        # Releases are not retraining: a missing release never starts a run (they run from the `release` job).
+        trained = [name for name, node in chain_nodes(recipe.chain).items() if node.group != RELEASE_GROUP]
+        planned = plan_versions(apply_overrides(recipe, overrides_from_tags(tags)), nodes=trained)
     except (RecipeError, SourceError) as error:
         return f"{partition}: cannot plan the retraining now ({error})"
     manifests = {node: store.read_manifest(node, partition, info.version) for node, info in planned.items()}

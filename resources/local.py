@@ -52,6 +52,7 @@ class ProcessGroupSubprocessClient(dg.PipesSubprocessClient):
         with dg.open_pipes_session(
             context=context, context_injector=self.context_injector, message_reader=self.message_reader, extras=extras
         ) as session:
+            reported = _record_reported_exceptions(session)
             process = subprocess.Popen(
                 tied_to_this_process([command] if isinstance(command, str) else command),
                 cwd=cwd or self.cwd,
@@ -65,6 +66,28 @@ class ProcessGroupSubprocessClient(dg.PipesSubprocessClient):
                     context.log.info("run interrupted: stopping the launched process group")
                 stop_process_group(process, self.termination_timeout_seconds)
                 raise
-            if process.returncode != 0:
-                raise DagsterPipesExecutionError(f"External execution process failed with code {process.returncode}")
+        # Raised once the session is closed: by then every message of the process (its exception too) is read.
+        if process.returncode != 0:
+            why = f": {' | '.join(reported)}" if reported else ""
+            raise DagsterPipesExecutionError(f"External execution process failed with code {process.returncode}{why}")
         return dg.PipesClientCompletedInvocation(session)
+
+
+def _record_reported_exceptions(session) -> list[str]:
+    """The exceptions the launched process reports when it closes Pipes (`ArtifactUploadError: ...`), collected so
+    the step's failure says why the process failed instead of only its exit code. Dagster logs them as an engine
+    event only; without its (private) handler hook the list stays empty and the failure names the exit code."""
+    reported: list[str] = []
+    handler = getattr(session, "message_handler", None)
+    original = getattr(handler, "_handle_closed", None)
+    if original is None:
+        return reported
+
+    def handle_closed(params):
+        exception = (params or {}).get("exception")
+        if exception:
+            reported.append(str(exception.get("message") or exception.get("name") or "").strip())
+        return original(params)
+
+    handler._handle_closed = handle_closed
+    return reported

@@ -13,7 +13,7 @@ from dagster_dev import TinyChain, tiny_chain_session
 # sessions, so iterating on one test does not retrain the chain each time. Delete the folder after changing code.
 REUSE_CHAIN_ENV = "DOGE_TEST_REUSE_TINY_CHAIN"
 
-pytest_plugins = ["forbid_skips", "pytester"]
+pytest_plugins = ["forbid_skips", "pytester", "moto_s3"]  # moto_s3: the `s3_server` fixture
 
 
 @pytest.fixture(scope="session")

@@ -202,6 +202,11 @@ def code_location_assets() -> dict[str, Any]:
         "all": keys,
         "materializable": sorted(key.to_user_string() for key in graph.materializable_asset_keys),
         "sources": [key for key in keys if key.startswith("source_")],
+        # Releases sit outside the pipeline (`release` job; a disabled one never materializes): tests of the chain
+        # as the quick start and `full_pipeline` build it leave them out.
+        "releases": sorted(
+            key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).group_name == "release"
+        ),
         "parents": {
             key.to_user_string(): sorted(parent.to_user_string() for parent in graph.get(key).parent_keys)
             for key in graph.get_all_asset_keys()

@@ -46,8 +46,12 @@ TAGS_TINY = '{"dagster/partition": "tiny"}'
 
 
 def artifact_assets() -> list[str]:
-    """Every asset with an artifact (sources excluded): tokenizer, mixtures, models (and reports if present)."""
-    return [key for key in code_location_assets()["materializable"] if not key.startswith("source_")]
+    """Every asset of the pipeline with an artifact: tokenizer, mixtures, models, reports (sources and releases,
+    which the quick start builds only when enabled, excluded)."""
+    location = code_location_assets()
+    return [
+        key for key in location["materializable"] if not key.startswith("source_") and key not in location["releases"]
+    ]
 
 
 def assert_ok(result: subprocess.CompletedProcess, what: str) -> None:
@@ -265,8 +269,11 @@ def test_lineage_and_versions_on_the_materialized_chain_say_published(tiny_chain
         assert planned_version(node) in lines[node] and "[published " in lines[node], lines[node]
     versions = node_lines(lineage(env, "versions", "--partition", "tiny"))
     assert set(LINEAGE_CHAIN) < set(versions)
+    releases = code_location_assets()["releases"]  # planned as well; built only when enabled (release_base is off)
+    assert set(releases) < set(versions)
     for node, line in versions.items():
-        assert planned_version(node) in line and "[published " in line, line
+        assert planned_version(node) in line, line
+        assert node in releases or "[published " in line, line
     # The recorded lineage of the published model, read back from the manifests, is the same chain.
     recorded = node_lines(
         lineage(env, "lineage", "doge_instruct", "--partition", "tiny", "--version", planned_version("doge_instruct"))

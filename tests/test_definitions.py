@@ -56,3 +56,32 @@ def test_definitions_are_built_for_any_recipes_folder_and_chain_in_process(tmp_p
     assert "doge_instruct_sft_again" in {
         key.to_user_string() for key in defs.resolve_job_def("instruct").asset_layer.executable_asset_keys
     }
+
+
+def test_releases_run_from_their_own_job_and_join_full_pipeline_only_when_turned_on(monkeypatch):
+    from doge_dagster.definitions import build_definitions, release_in_full_pipeline_from_env
+    from doge_dagster.stages import CHAIN
+
+    releases = {release.asset for release in CHAIN.releases}
+    assert releases == {"release_base", "release_instruct", "release_reason"}
+
+    def job_assets(defs: dg.Definitions, job: str) -> set[str]:
+        return {key.to_user_string() for key in defs.resolve_job_def(job).asset_layer.executable_asset_keys}
+
+    defs = build_definitions()
+    assert job_assets(defs, "release") == releases
+    assert not releases & job_assets(defs, "full_pipeline"), "releasing is never part of the pipeline by default"
+    assert {"doge_reason", "reason_eval"} <= job_assets(defs, "full_pipeline")
+    graph = defs.resolve_asset_graph()
+    for asset in releases:  # no automation condition: nothing releases by itself
+        assert graph.get(dg.AssetKey(asset)).automation_condition is None
+        assert graph.get(dg.AssetKey(asset)).group_name == "release"
+    assert releases <= job_assets(build_definitions(release_in_full_pipeline=True), "full_pipeline")
+
+    monkeypatch.delenv("DOGE_RELEASE_IN_FULL_PIPELINE", raising=False)
+    assert release_in_full_pipeline_from_env() is False
+    monkeypatch.setenv("DOGE_RELEASE_IN_FULL_PIPELINE", "true")
+    assert release_in_full_pipeline_from_env() is True
+    monkeypatch.setenv("DOGE_RELEASE_IN_FULL_PIPELINE", "sometimes")
+    with pytest.raises(ValueError, match="DOGE_RELEASE_IN_FULL_PIPELINE='sometimes': set true or false"):
+        release_in_full_pipeline_from_env()

@@ -60,6 +60,16 @@ def test_xxhash_pin_holds():
 
 
 # -- every recipe's task strings resolve, offline -----------------------------------------------------------------
+def test_the_copied_suites_are_lightevals(tasks):
+    """Recipes are checked against `recipe_sections.LIGHTEVAL_SUITES`, a copy of lighteval's suites (importing
+    lighteval costs seconds): kept in step."""
+    from lighteval.tasks.registry import DEFAULT_SUITES
+
+    from doge_dagster.recipe_sections import LIGHTEVAL_SUITES
+
+    assert set(LIGHTEVAL_SUITES) == set(DEFAULT_SUITES)
+
+
 def test_every_recipe_task_string_resolves_in_lighteval_registry(tasks, tmp_path):
     from lighteval.tasks.registry import Registry
 

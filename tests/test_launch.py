@@ -137,14 +137,14 @@ def test_grpo_generation_batch_not_divisible_is_rejected_with_every_factor():
     "edits, divisible",
     [
         ({"stages.grpo.training.per_device_train_batch_size": 3, "stages.grpo.training.num_generations": 6,
-          "stages.grpo.launch.num_processes": 2}, True),  # 3 x 2 processes = 6
+          "stages.grpo.launch": {"accelerate_config": "cpu_ddp", "num_processes": 2}}, True),  # 3 x 2 processes = 6
         ({"stages.grpo.training.per_device_train_batch_size": 3, "stages.grpo.training.num_generations": 6}, False),
         ({"stages.grpo.training.per_device_train_batch_size": 2, "stages.grpo.training.num_generations": 8,
           "stages.grpo.training.steps_per_generation": 4}, True),  # 2 x 1 x 4 = 8
         ({"stages.grpo.training.per_device_train_batch_size": 2, "stages.grpo.training.num_generations": 8,
           "stages.grpo.training.gradient_accumulation_steps": 4}, True),  # steps_per_generation defaults to GA
         ({"stages.grpo.training.per_device_train_batch_size": 2, "stages.grpo.training.num_generations": 4,
-          "stages.grpo.launch.nodes": 2, "stages.grpo.launch.gpus_per_node": 1}, True),  # 2 x 2 processes = 4
+          "stages.grpo.launch": {"accelerate_config": "ddp", "nodes": 2, "gpus_per_node": 1}}, True),  # 2 x 2 = 4
     ],
 )  # fmt: skip
 def test_grpo_divisibility_counts_processes_and_steps_per_generation(edits, divisible):
@@ -391,3 +391,12 @@ def test_every_stage_trains_in_full_precision_without_checkpointing_unless_the_r
     # the seed's name for it (transformers 4) is translated, and the recipe's choice wins
     asked = stage_args(stage, tmp_path, {f"stages.{stage}.training.gradient_checkpointing": True})
     assert asked.activation_checkpointing is True
+
+
+def test_the_copied_distributed_types_are_accelerates():
+    """`validation.DISTRIBUTED_TYPES` copies accelerate's enum (importing accelerate imports torch): kept in step."""
+    from accelerate.utils import DistributedType
+
+    from doge_dagster.training.validation import DISTRIBUTED_TYPES
+
+    assert set(DISTRIBUTED_TYPES) == {member.value for member in DistributedType}

@@ -487,12 +487,18 @@ def test_continued_pretraining_names_a_published_base_version(reference):
 
 
 @pytest.mark.parametrize("reference", ["doge_base:0123456789abcdef", "SmallDoge/Doge-20M", "/data/checkpoints/base"])
-def test_continued_pretraining_accepts_versions_hub_ids_and_folders(reference):
+def test_continued_pretraining_accepts_versions_hub_ids_and_folders(reference, monkeypatch):
+    from doge_dagster import hub_models
+
+    # The Hub itself is out of reach here; tests/test_init_from_hub.py resolves ids through a real Hub cache.
+    monkeypatch.setattr(hub_models, "hub_commit", lambda repo_id, revision=None, field="": "c" * 40)
     recipe = apply_overrides(load_recipe("tiny"), {"stages.pretrain.init_from": reference})
     assert recipe.stages.pretrain.init_from == reference
-    # Only a published base version is an upstream artifact: it goes into the continued model's lineage.
+    # A published base version is an upstream artifact: it goes into the continued model's lineage; a Hub
+    # checkpoint goes in as the commit its id resolves to.
     upstream = plan_versions(recipe, _fingerprint, nodes=["doge_base"])["doge_base"].upstream
     assert upstream.get("doge_base") == ("0123456789abcdef" if reference.startswith("doge_base:") else None)
+    assert upstream.get("hub_model:SmallDoge/Doge-20M") == ("c" * 40 if reference == "SmallDoge/Doge-20M" else None)
     assert "doge_base" not in plan_versions(load_recipe("tiny"), _fingerprint, nodes=["doge_base"])["doge_base"].upstream
 
 

@@ -38,45 +38,15 @@ from helpers import (
     wait_for,
     write_tiny_recipe,
 )
+from moto_s3 import ACCESS_KEY, BUCKET, REGION, SECRET_KEY, store_options
 
 from doge_dagster.artifacts import MANIFEST_NAME, ArtifactMissingError, ArtifactStore
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
 
-REGION = "eu-west-1"  # not us-east-1: s3fs bucket creation there fails with InvalidLocationConstraint
-BUCKET = "doge-s3-tests"
-# Distinctive values, searched for in everything the pipeline writes. moto accepts any credentials.
-ACCESS_KEY = "AKIADOGETESTKEY4711XQ"
-SECRET_KEY = "doge-s3-secret-9f3c1e7a5b2d4c6e8a0b"
+# Distinctive values, searched for in everything the pipeline writes (the moto server's, `moto_s3.py`).
 CREDENTIALS = (ACCESS_KEY, SECRET_KEY)
-
-
-# -- fixtures ---------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def s3_server():
-    """A moto S3 server on 127.0.0.1 with one bucket; yields (endpoint URL, boto3 client)."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    client = boto3.client(
-        "s3", endpoint_url=url, region_name=REGION, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY
-    )
-    client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-    yield url, client
-    server.stop()
-
-
-def store_options(endpoint: str, **extra) -> dict:
-    return {
-        "key": ACCESS_KEY,
-        "secret": SECRET_KEY,
-        "client_kwargs": {"endpoint_url": endpoint, "region_name": REGION},
-        **extra,
-    }
 
 
 def bucket_objects(client, prefix: str = "") -> dict[str, bytes]:

@@ -93,7 +93,10 @@ def sbatch_options(script: str) -> list[list[str]]:
 def test_script_quotes_every_value_and_injection_stays_inert(tmp_path):
     marker = tmp_path / "pwned"
     evil = INJECTION.format(marker=marker)
-    launch = LaunchRecipe(partition=evil, account=evil, memory=evil, sbatch_extra=[shlex.join([f"--comment={evil}"])])
+    launch = LaunchRecipe(partition=evil, account=evil, sbatch_extra=[shlex.join([f"--comment={evil}"])])
+    with pytest.raises(ValueError, match="is not a size"):  # a recipe cannot carry it in `memory` any more...
+        LaunchRecipe(memory=evil)
+    launch = launch.model_copy(update={"memory": evil})  # ...and the script would still quote it
     script = render_script(
         launch,
         f"/shared/{evil}/spec.json",

@@ -51,6 +51,8 @@ def test_the_shipped_chain_in_order():
     assert [report.asset for report in CHAIN.reports] == ["base_eval", "instruct_eval", "reason_eval"]
     assert [mixture.asset for mixture in CHAIN.mixtures] == [
         "pretrain_mixture", "sft_mixture", "dpo_mixture", "distill_mixture", "grpo_mixture"]  # fmt: skip
+    assert [(release.asset, release.model_stage, release.report) for release in CHAIN.releases] == [
+        ("release_base", "pretrain", "base"), ("release_instruct", "dpo", "instruct"), ("release_reason", "grpo", "reason")]  # fmt: skip
     assert CHAIN.root_stage().name == "pretrain"
     assert CHAIN.report("reason").checks == ("scores_valid", "no_regression", "format_rate")
     assert CHAIN.report("base").checks == ("scores_valid",)
@@ -62,6 +64,7 @@ def test_the_recipe_schema_follows_the_records():
     assert list(type(recipe.stages).model_fields) == [stage.name for stage in CHAIN.stages]
     assert list(type(recipe.mixtures).model_fields) == [mixture.name for mixture in CHAIN.mixtures]
     assert list(type(recipe.evaluation).model_fields) == [report.name for report in CHAIN.reports]
+    assert list(type(recipe.releases).model_fields) == [release.name for release in CHAIN.releases]
 
 
 # -- records check themselves when built ----------------------------------------------------------------------------
@@ -77,7 +80,9 @@ class NoTrainer:
 def test_a_stage_whose_trainer_lacks_a_piece_fails_at_load_naming_the_stage():
     with pytest.raises(ChainError, match="stage 'extra': trainer .*NoTrainer is not a StageTrainer subclass"):
         stage(trainer=f"{__name__}:NoTrainer")
-    with pytest.raises(ChainError, match="stage 'extra' has no parent stage, so its trainer .* must implement build_model"):
+    with pytest.raises(
+        ChainError, match="stage 'extra' has no parent stage, so its trainer .* must implement build_model"
+    ):
         stage(parent=None)
     with pytest.raises(ChainError, match="stage 'extra': trainer no_such.module:X: cannot import"):
         stage(trainer="no_such.module:X")
@@ -95,9 +100,30 @@ def test_a_chain_that_names_what_it_lacks_fails_naming_the_record():
     with pytest.raises(ChainError, match="stage name\\(s\\) declared twice: sft"):
         Chain(CHAIN.mixtures, (*CHAIN.stages, stage(name="sft")), CHAIN.reports)
     with pytest.raises(ChainError, match="report 'base': stage 'gone' is not declared"):
-        Chain(CHAIN.mixtures, CHAIN.stages, (dataclasses.replace(CHAIN.reports[0], model_stage="gone"), *CHAIN.reports[1:]))
+        Chain(
+            CHAIN.mixtures,
+            CHAIN.stages,
+            (dataclasses.replace(CHAIN.reports[0], model_stage="gone"), *CHAIN.reports[1:]),
+        )
     with pytest.raises(ChainError, match="cannot import"):
         load_chain("no_such_plugin_module")
+
+
+def test_a_release_must_name_the_report_of_the_model_it_releases():
+    release = CHAIN.release("instruct")
+    with pytest.raises(
+        ChainError, match="release 'instruct' releases stage 'dpo', but its report 'reason' evaluates stage 'grpo'"
+    ):
+        Chain(CHAIN.mixtures, CHAIN.stages, CHAIN.reports, (dataclasses.replace(release, report="reason"),))
+    with pytest.raises(ChainError, match="release 'instruct': base release 'base' is not declared"):
+        Chain(CHAIN.mixtures, CHAIN.stages, CHAIN.reports, (release,))
+    with pytest.raises(ChainError, match="asset name\\(s\\) used twice: doge_instruct"):
+        Chain(
+            CHAIN.mixtures,
+            CHAIN.stages,
+            CHAIN.reports,
+            (dataclasses.replace(release, asset="doge_instruct", base_release=None),),
+        )
 
 
 # -- an extra stage: one record plus its trainer -----------------------------------------------------------------------
@@ -116,7 +142,9 @@ def test_an_extra_stage_joins_the_plan_without_moving_other_versions():
 def test_recipes_without_the_extra_section_still_load_and_say_the_stage_does_not_run():
     recipe = extended_recipe(section=None)
     assert recipe.stages.sft_again is None
-    with pytest.raises(LaunchError, match="recipe 'tiny' does not run stage 'sft_again': add a `stages.sft_again` section"):
+    with pytest.raises(
+        LaunchError, match="recipe 'tiny' does not run stage 'sft_again': add a `stages.sft_again` section"
+    ):
         validate_stage("sft_again", recipe)
 
 
@@ -149,7 +177,9 @@ def test_an_extra_stage_is_an_asset_with_checks_and_jobs_and_trains_on_tiny(tiny
     copy_artifacts(tiny_chain.artifact_root, root, ("tokenizer", "sft_mixture", "doge_base", "doge_instruct_sft"))
     raw_edits = {f"stages.sft_again.{key}": value for key, value in SECOND_PASS.items()}
     recipes = write_tiny_recipe(tmp_path / "recipes", raw_edits)
-    env = program_env(tiny_chain.env(recipes, dagster_home=tmp_path / "home", artifact_root=root, DOGE_EXTRA_STAGES=PLUGIN))
+    env = program_env(
+        tiny_chain.env(recipes, dagster_home=tmp_path / "home", artifact_root=root, DOGE_EXTRA_STAGES=PLUGIN)
+    )
 
     location = run_program("code_location", [], env, 300).result
     asset = location["assets"][EXTRA]

@@ -17,21 +17,37 @@ def accelerate_config_path(name: str) -> Path:
     candidate = Path(name)
     if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
         return candidate
+    known = ", ".join(sorted(p.stem for p in ACCELERATE_CONFIGS_DIR.glob("*.yaml")))
+    if candidate.suffix in (".yaml", ".yml"):
+        raise LaunchError(
+            f"launch.accelerate_config {name!r}: no such file (from {Path.cwd()}); give an existing accelerate "
+            f"config file or a known config name ({known})"
+        )
     path = ACCELERATE_CONFIGS_DIR / f"{name}.yaml"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in ACCELERATE_CONFIGS_DIR.glob("*.yaml")))
         raise LaunchError(f"launch.accelerate_config {name!r} is not a known config ({known}) or an existing YAML file")
     return path
 
 
-def declared_processes(config_path: Path) -> int | None:
-    """`num_processes` of an accelerate config file (None when it sets none or is unreadable)."""
+def read_accelerate_config(config_path: Path) -> dict:
+    """The settings of an accelerate config file; a LaunchError saying what is wrong when it is not a YAML mapping."""
     import yaml
 
     try:
-        value = (yaml.safe_load(config_path.read_text()) or {}).get("num_processes")
+        config = yaml.safe_load(config_path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise LaunchError(f"{config_path} is not a readable YAML file ({error}); fix or replace it") from None
+    if not isinstance(config, dict):
+        raise LaunchError(f"{config_path} holds {type(config).__name__}, not accelerate settings; fix or replace it")
+    return config
+
+
+def declared_processes(config_path: Path) -> int | None:
+    """`num_processes` of an accelerate config file (None when it sets none or is unreadable)."""
+    try:
+        value = read_accelerate_config(config_path).get("num_processes")
         return int(value) if value is not None else None
-    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+    except (LaunchError, ValueError, TypeError):
         return None
 
 

@@ -30,7 +30,7 @@ def progress_callback(reporter: Reporter):
             # A resumed trainer's state is the checkpoint's `trainer_state.json`, whose `log_history` holds the
             # values logged before the kill: start from them, so the published curves cover the whole run and
             # equal an uninterrupted run's (a fresh state has no history: the curves start empty).
-            self.curve, self.eval_losses, self.rewards = [], [], []
+            self.curve, self.eval_losses, self.rewards, self.reward_parts = [], [], [], {}
             for logged in state.log_history:
                 if logged.get("step", 0) <= state.global_step:
                     self._record(logged["step"], logged)
@@ -39,10 +39,6 @@ def progress_callback(reporter: Reporter):
             logs = logs or {}
             self.tokens_seen = int(getattr(state, "num_input_tokens_seen", 0) or 0)
             self._record(state.global_step, logs)
-            for key, value in logs.items():  # TRL logs each reward function's mean as rewards/<name>/mean
-                if key.startswith("rewards/") and key.endswith("/mean"):
-                    name = key.removeprefix("rewards/").removesuffix("/mean")
-                    self.reward_parts.setdefault(name, []).append((state.global_step, float(value)))
             elapsed = time.monotonic() - (self.train_started or self.started)
             rate = (self.tokens_seen - self.first_tokens) / elapsed if elapsed > 0 else 0.0
             parts = [f"step {state.global_step}/{state.max_steps}"]
@@ -59,6 +55,10 @@ def progress_callback(reporter: Reporter):
                 self.eval_losses.append((step, float(logs["eval_loss"])))
             if "reward" in logs:
                 self.rewards.append((step, float(logs["reward"])))
+            for key, value in logs.items():  # TRL logs each reward function's mean as rewards/<name>/mean
+                if key.startswith("rewards/") and key.endswith("/mean"):
+                    name = key.removeprefix("rewards/").removesuffix("/mean")
+                    self.reward_parts.setdefault(name, []).append((step, float(value)))
 
         def tokens_per_second(self) -> float:
             elapsed = time.monotonic() - (self.train_started or self.started)

@@ -239,6 +239,8 @@ def plot_curves(path: Path, title: str, losses, eval_losses, rewards) -> None:
 
 
 def _write_generation_config(folder: Path, tokenizer) -> None:
+    # Greedy and short on purpose: the model checks generate with it, and editing it would change what new trained
+    # artifacts hold without changing their versions. Releases carry the seed's sampling (doge_dagster/release.py).
     from transformers import GenerationConfig
 
     end_ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]

@@ -5,7 +5,8 @@ Usage: `python -m programs.materialize SELECTION PARTITION` (SELECTION: asset na
 The definitions are imported here, under the caller's environment (DOGE_RECIPES_DIR, DOGE_ARTIFACT_ROOT), on an
 ephemeral instance. `ProcessGroupSubprocessClient.run` is wrapped before the definitions are imported so that
 every launch of a training or evaluation process is counted. Result: `success`, the step `failures` (step,
-error text, `dg.Failure` description), the number of `launches` and every event's `messages`.
+error text, `dg.Failure` description), the number of `launches`, every event's `messages` and each materialized
+asset's metadata (`materializations`, values as text).
 """
 
 from __future__ import annotations
@@ -53,7 +54,16 @@ def materialize(selection: str, partition: str) -> dict[str, Any]:
             }
         )
     messages = [event.message or "" for event in result.all_events]
-    return {"success": result.success, "failures": failures, "launches": len(launches), "messages": messages}
+    materializations = {
+        event.asset_key.to_user_string(): {
+            key: str(value.value) for key, value in event.materialization.metadata.items()
+        }
+        for event in result.get_asset_materialization_events()
+    }
+    return {
+        "success": result.success, "failures": failures, "launches": len(launches), "messages": messages,
+        "materializations": materializations,
+    }  # fmt: skip
 
 
 def main(argv: list[str]) -> None:
