@@ -132,11 +132,12 @@ def materialize_versioned(
     )
     manifest = store.read_manifest(node_name, partition, planned.version)
     ui_metadata: dict[str, Any] = {}
+    # Refused on failed gates before anything is taken or written (the lease included).
+    recorded = {} if manifest is not None else recorded_metadata(context, recipe, node_name, store, upstream, gated_by)
     with contextlib.ExitStack() as writing:
         if manifest is None:  # one writer per artifact: build only while holding its lease (`leases.py`)
             manifest = writing.enter_context(_one_writer(context, store, node_name, partition, planned.version))
         cached = manifest is not None
-        recorded = {} if cached else recorded_metadata(context, recipe, node_name, store, upstream, gated_by)
         if manifest is None and publishes_itself:
             context.log.info(f"{node_name}[{partition}] version {planned.version}: launching")
             output = build(BuildContext(recipe, planned, Path(), upstream_dirs, store, context.log, upstream, recorded))

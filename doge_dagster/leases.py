@@ -15,8 +15,10 @@ How each store makes taking the lease atomic (exactly one of several runs gets i
 - **local folder**: the lease is written to a temporary file and hard-linked to its name (`os.link` fails if the
   name exists; `O_CREAT | O_EXCL` where hard links are not supported). Replacing a lease (refresh, taking over a
   stale one) and deleting it compare the file with what the caller last saw and then `os.replace` / unlink it,
-  under an `flock` on `.leases/.lock`, so two runs taking over the same stale lease cannot both succeed: the
-  second one finds the file changed. The lock is held for milliseconds and the kernel drops it when its holder
+  under an `flock` on the store's `.leases.lock`, so two runs taking over the same stale lease cannot both succeed:
+  the second one finds the file changed. Released leases leave nothing behind: the empty `.leases` folder and
+  asset folders above it are removed under the same lock (a build that was refused before it wrote anything
+  leaves the store as it found it). The lock is held for milliseconds and the kernel drops it when its holder
   dies, so it never goes stale itself.
 - **S3**: conditional writes. Taking a free lease is a `PutObject` with `If-None-Match: *`; refreshing and taking
   over a stale lease are a `PutObject` with `If-Match` on the ETag read before; release is a `DeleteObject` with
@@ -59,7 +61,7 @@ DEFAULT_TTL_S = 90.0
 DEFAULT_REFRESH_S = 30.0
 DEFAULT_POLL_S = 5.0
 DEFAULT_SETTLE_S = 1.0  # generic stores only: how long a write is left to settle before it is read back
-LOCK_NAME = ".lock"  # local stores: the flock that serializes replacing and deleting leases of one partition
+LOCK_NAME = ".leases.lock"  # local stores: at the store root, the flock that serializes lease changes
 
 Log = Callable[[str], Any]
 
@@ -132,10 +134,11 @@ class _Current:
 class _LocalBackend:
     """Lease files in a local (or NFS) folder: hard-link creation, compare-and-replace under an flock."""
 
-    def __init__(self, path: str, log: Log):
+    def __init__(self, path: str, root: str, log: Log):
         self.path = path
         self.folder = os.path.dirname(path)
-        self.lock_path = os.path.join(self.folder, LOCK_NAME)
+        self.root = root
+        self.lock_path = os.path.join(root, LOCK_NAME)
         self.log = log
         self.warned_no_lock = False
 
@@ -157,6 +160,10 @@ class _LocalBackend:
         return temporary
 
     def create(self, data: bytes) -> Any | None:
+        with self._locked():  # not while a release prunes the folders it would create
+            return self._create(data)
+
+    def _create(self, data: bytes) -> Any | None:
         temporary = self._temporary(data)
         try:
             os.link(temporary, self.path)
@@ -178,7 +185,7 @@ class _LocalBackend:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        os.makedirs(self.folder, exist_ok=True)
+        os.makedirs(self.root, exist_ok=True)
         descriptor = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
@@ -206,7 +213,18 @@ class _LocalBackend:
             if current is None or current.tag != expected:
                 return False
             os.unlink(self.path)
+            self._prune()
         return True
+
+    def _prune(self) -> None:
+        """Remove the folders up to the store root that the lease alone created (empty ones only)."""
+        folder = self.folder
+        while os.path.abspath(folder) != os.path.abspath(self.root) and folder.startswith(self.root):
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty: an artifact, a staging folder or another lease lives there
+                return
+            folder = os.path.dirname(folder)
 
 
 class _FsspecBackend:
@@ -427,7 +445,7 @@ class Lease:
         self.path = store.lease_path(asset, partition, version)
         self.location = self.path if store.is_local else store.fs.unstrip_protocol(self.path)
         if store.is_local:
-            self._backend: Any = _LocalBackend(self.path, self.log)
+            self._backend: Any = _LocalBackend(self.path, store.root, self.log)
         elif _is_s3(store.fs):
             self._backend = _S3Backend(store.fs, self.path, settle_s, self.log)
         else:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
+from dagster_dev import CHAIN_TEST_TIMEOUT_S
 from helpers import (
     PROJECT_ROOT,
     cli_materialize_command,
@@ -47,7 +48,15 @@ from doge_dagster.training.runner import last_complete_checkpoint
 PARTITION = "tiny"
 KILL_SEED = 20261130  # change it to kill at other steps; a failure prints the steps it killed at
 SAVE_STEPS = 2
-RUN_TIMEOUT_S = 900  # each materialization here takes 10-40 s on the 2-core machine
+RUN_TIMEOUT_S = 900  # one materialization here: 10-40 s on an idle 2-core machine, 2-3 minutes on a busy one
+# The session's chain may be built in this test's setup (pytest-timeout counts it), and one test runs 2-5
+# materializations: 1-2 minutes on an idle 2-core machine, 5-9 on one shared with other jobs.
+TEST_TIMEOUT_S = CHAIN_TEST_TIMEOUT_S + 2400
+# Bitwise equality holds for one machine and one thread count: every run here gets the same one. One thread:
+# on a 2-core machine shared with other jobs, a 2-thread trainer waits on its descheduled second thread at every
+# op (measured: 36 pretraining steps in 12 s with one thread, 2 minutes with two, under the same load); the
+# resumes are as exact with two threads (checked by hand with the default thread count).
+TRAINING_THREADS = {"OMP_NUM_THREADS": "1"}
 
 # Pretraining: 36 WSD steps, 10 of warmup and 10 of decay. A checkpoint at step N resumes with step N + 1,
 # trained at the scheduler's LR for N: warmup for N < 10, stable for 10 <= N < 26, decay from 26 on.
@@ -89,6 +98,7 @@ def store_with(tiny_chain, folder: Path, assets: tuple[str, ...]) -> Path:
 
 
 def work_folder(root: Path, asset: str, version: str) -> Path:
+    """The version's work folder (launch spec, checkpoints) in the store at `root`."""
     return root / asset / PARTITION / ".work" / version
 
 
@@ -125,6 +135,7 @@ def materialize_and_kill(asset: str, env: dict[str, str], root: Path, version: s
 
 
 def assert_resumed_from(output: str, asset: str, version: str, step: int) -> None:
+    """The run's output says it resumed `asset` of `version` from checkpoint-`step`."""
     line = f"{asset}[{PARTITION}] version {version}: "
     lines = [text for text in output.splitlines() if line in text and "parameters" in text]
     assert lines and lines[0].endswith(f"resuming from checkpoint-{step}"), (
@@ -148,15 +159,13 @@ def assert_same_training(resumed: Path, reference: Path, asset: str, version: st
         assert ours[key] == theirs[key], f"{what}: {key} {ours[key]} != {theirs[key]} uninterrupted"
     steps = [step for step, _ in theirs["train_loss_curve"]]
     assert steps == list(range(1, theirs["global_step"] + 1)), f"the reference should log every step: {steps}"
-    for key in ("train_loss_curve", "reward_curve", "reward_curves"):
-        if ours.get(key) != theirs.get(key):
-            differing = [
-                (mine, other) for mine, other in zip(ours.get(key) or [], theirs.get(key) or []) if mine != other
-            ]
-            raise AssertionError(
-                f"{what}: {key} differs from the uninterrupted run's; (resumed, uninterrupted) at the first "
-                f"differing points: {differing[:5]}; lengths {len(ours.get(key) or [])} and {len(theirs.get(key) or [])}"
-            )
+    for key in ("train_loss_curve", "reward_curve", "reward_curves"):  # the rewards: GRPO's
+        mine, other = (points(metadata.get(key)) for metadata in (ours, theirs))
+        differing = [(a, b) for a, b in zip(mine, other) if a != b]
+        assert mine == other, (
+            f"{what}: {key} differs from the uninterrupted run's; (resumed, uninterrupted) at the first differing "
+            f"points: {differing[:5]}; {len(mine)} and {len(other)} points"
+        )
     folders = [root / asset / PARTITION / version for root in (resumed, reference)]
     files = sorted(path.relative_to(folders[1]) for path in folders[1].rglob("model.safetensors"))
     assert files, f"no model.safetensors in {folders[1]}"
@@ -169,6 +178,11 @@ def assert_same_training(resumed: Path, reference: Path, asset: str, version: st
             f"{max_difference(weights, uninterrupted):.3g}, in {len(differing)} of {len(weights)} tensors "
             f"({differing[:5]})"
         )
+
+
+def points(curve: list | dict | None) -> list:
+    """A manifest's curve as a list of points (a dict of named curves: (name, curve) pairs)."""
+    return sorted(curve.items()) if isinstance(curve, dict) else list(curve or [])
 
 
 def killed_and_resumed(
@@ -195,6 +209,7 @@ def killed_and_resumed(
 
 
 def uninterrupted(asset: str, env: dict[str, str], root: Path, version: str, log: Path) -> None:
+    """Materialize `asset` of `version` from step 0 to the end, the reference a resumed run must equal."""
     completed = run_cli_materialize(asset, env, RUN_TIMEOUT_S, log_path=log)
     assert completed.returncode == 0, f"the uninterrupted {asset} run failed:\n{tail(completed.stdout, 80)}"
     assert published_versions(root, asset) == [version]
@@ -208,7 +223,9 @@ def stage_test(tiny_chain, tmp_path: Path, asset: str, edits: dict, upstream: tu
     roots = {}
     for name in ("uninterrupted", "resumed"):
         roots[name] = store_with(tiny_chain, tmp_path / name, upstream)
-    env = {name: dagster_env(tmp_path / name / "home", root, recipes) for name, root in roots.items()}
+    env = {
+        name: dagster_env(tmp_path / name / "home", root, recipes, **TRAINING_THREADS) for name, root in roots.items()
+    }
     uninterrupted(asset, env["uninterrupted"], roots["uninterrupted"], version, tmp_path / "uninterrupted.log")
     resumed_from = killed_and_resumed(asset, env["resumed"], roots["resumed"], version, kills, tmp_path)
     return roots, version, resumed_from
@@ -216,8 +233,11 @@ def stage_test(tiny_chain, tmp_path: Path, asset: str, edits: dict, upstream: tu
 
 # -- pretraining: one run killed in the warmup, the stable phase and the decay ------------------------------------
 @pytest.mark.slow
-@pytest.mark.timeout(2400)
+@pytest.mark.timeout(TEST_TIMEOUT_S)
 def test_pretraining_killed_in_each_wsd_phase_trains_what_an_uninterrupted_run_trains(tiny_chain, tmp_path):
+    """36 steps of pretraining killed three times, after a seeded random checkpoint in the warmup, in the stable
+    phase and in the decay, resumed each time: the losses of every step and every weight (the stable-phase snapshot
+    too) equal an uninterrupted run's."""
     # Kill early enough in each phase that one more checkpoint before the kill lands still leaves it there.
     ranges = [(first, last - 2 * SAVE_STEPS) for first, last in PHASES.values()]
     kills = kill_steps("pretrain", ranges)
@@ -240,9 +260,12 @@ CHAT_STAGES = {
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)
+@pytest.mark.timeout(TEST_TIMEOUT_S)
 @pytest.mark.parametrize("asset", list(CHAT_STAGES))
 def test_chat_stage_killed_at_a_random_step_trains_what_an_uninterrupted_run_trains(tiny_chain, tmp_path, asset):
+    """SFT, DPO and GRPO (a few steps each, from the chain's parent model) killed after a seeded random checkpoint
+    and resumed: the losses of every step, GRPO's rewards (its sampled completions are the same) and every weight
+    equal an uninterrupted run's."""
     stage, steps, upstream = CHAT_STAGES[asset]
     kills = kill_steps(stage, [(SAVE_STEPS, steps - 2 * SAVE_STEPS)])
     roots, version, resumed_from = stage_test(tiny_chain, tmp_path, asset, short_stage(stage, steps), upstream, kills)
@@ -263,14 +286,16 @@ def file_digests(folder: Path) -> dict[str, tuple[str, int]]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)
+@pytest.mark.timeout(TEST_TIMEOUT_S)
 def test_a_changed_mixture_starts_a_new_version_from_step_0_and_leaves_the_old_checkpoints_alone(tiny_chain, tmp_path):
+    """A pretraining run killed after a checkpoint, then the recipe's mixture seed changed: the next materialization
+    plans a new version, starts it at step 0, and leaves the old version's work folder (its checkpoints) as it was."""
     edits = {**PRETRAIN_EDITS, "stages.pretrain.training.max_steps": 12, "stages.pretrain.training.warmup_steps": 2,
              "stages.pretrain.training.lr_scheduler_kwargs": {"num_decay_steps": 2, "min_lr_ratio": 0.0}}  # fmt: skip
     root = store_with(tiny_chain, tmp_path, ("tokenizer", "pretrain_mixture"))
     home = tmp_path / "home"
     old = planned_version("doge_base", edits)
-    env = dagster_env(home, root, write_tiny_recipe(tmp_path / "recipes", edits))
+    env = dagster_env(home, root, write_tiny_recipe(tmp_path / "recipes", edits), **TRAINING_THREADS)
     left = materialize_and_kill("doge_base", env, root, old, SAVE_STEPS, tmp_path / "killed.log")
     assert left >= SAVE_STEPS
     old_work = work_folder(root, "doge_base", old)
@@ -281,7 +306,7 @@ def test_a_changed_mixture_starts_a_new_version_from_step_0_and_leaves_the_old_c
     new = planned_version("doge_base", changed)
     assert new != old, "a mixture with another seed must make doge_base another version"
     assert planned_version("pretrain_mixture", changed) != planned_version("pretrain_mixture", edits)
-    env = dagster_env(home, root, write_tiny_recipe(tmp_path / "changed-recipes", changed))
+    env = dagster_env(home, root, write_tiny_recipe(tmp_path / "changed-recipes", changed), **TRAINING_THREADS)
     # The seed also generates the mixture's source rows, which the tokenizer is trained on: both are new too.
     selection = "tokenizer,pretrain_mixture,doge_base"
     completed = run_cli_materialize(selection, env, RUN_TIMEOUT_S, log_path=tmp_path / "new.log")

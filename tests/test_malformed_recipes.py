@@ -11,8 +11,8 @@ about it. Nothing may start or be written:
 - nothing in the artifact store: the store holds, before the run, only stand-in upstream artifacts (a manifest
   and one small file each, published for the versions the edited recipe plans, so a stage gets past "materialize
   X first" to its own checks); after the failure it holds exactly the same paths, so no artifact folder, no
-  `.staging` leftover, no `.work` folder or launch spec. Lease bookkeeping (`.leases/`, released when the step
-  ends) is the one thing allowed to appear, and no lease may be left held.
+  `.staging` leftover, no `.work` folder or launch spec, no lease (the store-wide lease lock file is the one
+  thing allowed to appear).
 
 No row trains or builds anything, so the whole table runs in seconds per row.
 """
@@ -30,6 +30,7 @@ from helpers import DELETE, tiny_raw, write_tiny_recipe
 
 from doge_dagster.artifacts import ArtifactStore
 from doge_dagster.data.sources import SourceError
+from doge_dagster.leases import LOCK_NAME
 from doge_dagster.recipes import PROJECT_ROOT, RecipeError, RecipeFolder, parse_recipe
 from doge_dagster.stages import CHAIN
 
@@ -278,22 +279,11 @@ def publish_stand_in_upstream(raw: dict[str, Any], asset: str, root: Path) -> No
 
 
 def store_paths(root: Path) -> set[str]:
-    """Every file and folder under the store root, lease bookkeeping left out: `.leases/` and the folders that
-    hold nothing else (`{asset}/{partition}/` made for a lease)."""
-
-    def lease_only(folder: Path) -> bool:
-        children = list(folder.iterdir())
-        return bool(children) and all(
-            child.name == ".leases" or (child.is_dir() and lease_only(child)) for child in children
-        )
-
+    """Every file and folder under the store root but the store-wide lease lock (`.leases.lock`): a released
+    lease removes its file and the folders it made, so a refused build leaves the store as it found it."""
     if not root.exists():
         return set()
-    return {
-        str(path.relative_to(root))
-        for path in root.rglob("*")
-        if ".leases" not in path.parts and not (path.is_dir() and lease_only(path))
-    }
+    return {str(path.relative_to(root)) for path in root.rglob("*") if path.name != LOCK_NAME}
 
 
 @pytest.fixture
