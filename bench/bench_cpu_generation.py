@@ -93,11 +93,13 @@ def table(rows: list[dict], args: argparse.Namespace, default_threads: int, load
         "",
         f"Machine: {machine()}; ATen CPU capability {capability}; torch picks {default_threads} threads.",
         "",
-        f"Batch 1, fp32, random weights, greedy, `use_cache=True`, a {PROMPT_TOKENS}-token prompt, exactly "
-        f"{args.tokens} new tokens per `generate` (prefill included); median (and range) of {args.repeats} timed "
-        f"calls after a {WARMUP_TOKENS}-token warm-up, thread counts interleaved round by round. Seed: the model "
-        f"cards' tokens/s on an Intel i7-11 CPU. 1-min load average at start / end: {loads[0]:.2f} / {loads[1]:.2f} "
-        f"({os.cpu_count()} cores).",
+        (
+            f"Batch 1, fp32, random weights, greedy, `use_cache=True`, a {PROMPT_TOKENS}-token prompt, exactly "
+            f"{args.tokens} new tokens per `generate` (prefill included); median (and range) of {args.repeats} timed "
+            f"calls after a {WARMUP_TOKENS}-token warm-up, thread counts interleaved round by round. Seed: the model "
+            f"cards' tokens/s on an Intel i7-11 CPU. 1-min load average at start / end: {loads[0]:.2f} / {loads[1]:.2f} "
+            f"({os.cpu_count()} cores)."
+        ),
         "",
         "| model | parameters | attention | threads | tokens/s | range | seed (i7-11) | ratio to seed |",
         "|---|---|---|---|---|---|---|---|",

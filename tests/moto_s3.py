@@ -1,7 +1,7 @@
 """A live S3 endpoint for tests: a moto server on 127.0.0.1 with one bucket, shared by the S3 test modules.
 
 `tests/conftest.py` loads this module as a plugin, so any test can ask for `s3_server`; each test module gets its
-own server (module scope).
+own server (module scope), but moto keeps its buckets per process, so the modules of one session share them.
 moto accepts any credentials; these distinctive ones are searched for in what the pipeline writes (`test_s3.py`).
 """
 
@@ -28,7 +28,10 @@ def s3_server():
     client = boto3.client(
         "s3", endpoint_url=url, region_name=REGION, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY
     )
-    client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    try:
+        client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    except client.exceptions.BucketAlreadyOwnedByYou:
+        pass  # moto keeps its state per process: an earlier module's server already made the bucket
     yield url, client
     server.stop()
 

@@ -4,6 +4,8 @@ The GPU benchmark keeps working where no GPU is: its CPU smoke runs, raw loop an
 Numbers are not asserted (benchmarks measure, tests do not time); the rows must name the shape and the
 attention implementation the model was built with.
 
+The CPU generation benchmark's quick run prints its rows for Doge-20M, beside the seed's CPU figure.
+
 The mixture benchmark's memory measure, at a small size, is the test that a mixture's memory does not grow
 with its size: a ratio of two real builds' peak memory, not a timing.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -56,6 +59,27 @@ def test_the_trainer_smoke_run_prints_a_row():
 def test_attention_override_is_refused_with_the_trainer():
     result = bench_gpu("--trainer", "2", "--attn", "eager")
     assert result.returncode == 2 and "--attn applies to the raw loop only" in result.stderr
+
+
+def test_the_cpu_generation_bench_quick_run_prints_its_rows():
+    """`bench/bench_cpu_generation.py --quick` (about 10 s): Doge-20M generates exactly 10 new tokens per call (the
+    script fails otherwise) with the threads torch picks and with 1 thread, each row beside the seed's 142 tokens/s
+    and its ratio, the machine and load average named, and nothing appended to bench/RESULTS.md without --record."""
+    heading = "CPU generation speed ("
+    results_md = PROJECT_ROOT / "bench" / "RESULTS.md"
+    sections = results_md.read_text().count(heading)
+    result = subprocess.run([sys.executable, "bench/bench_cpu_generation.py", "--quick"], check=False,
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, tail(result.stdout + result.stderr)
+    output = result.stdout
+    assert "CPU generation speed (quick, `bench/bench_cpu_generation.py`)" in output, output
+    assert "ATen CPU capability" in output and "1-min load average at start / end" in output, output
+    assert "exactly 10 new tokens per `generate`" in output, output
+    rows = re.findall(r"^\| Doge-20M \| 13\.1M \| \w+ \| (\d+) \| ([\d.]+) \| [\d.]+-[\d.]+ \| 142 \| ([\d.]+)x \|$",
+                      output, flags=re.MULTILINE)  # fmt: skip
+    assert rows and rows[-1][0] == "1" and len(rows) == len({threads for threads, _, _ in rows}) <= 2, output
+    assert all(float(rate) > 0 and abs(float(ratio) - float(rate) / 142) < 0.01 for _, rate, ratio in rows), rows
+    assert results_md.read_text().count(heading) == sections, "the quick run recorded into RESULTS.md"
 
 
 def test_mixture_memory_does_not_grow_with_its_size(tmp_path):

@@ -52,11 +52,13 @@ RUN_TIMEOUT_S = 900  # one materialization here: 10-40 s on an idle 2-core machi
 # The session's chain may be built in this test's setup (pytest-timeout counts it), and one test runs 2-5
 # materializations: 1-2 minutes on an idle 2-core machine, 5-9 on one shared with other jobs.
 TEST_TIMEOUT_S = CHAIN_TEST_TIMEOUT_S + 2400
-# Bitwise equality holds for one machine and one thread count: every run here gets the same one. One thread:
-# on a 2-core machine shared with other jobs, a 2-thread trainer waits on its descheduled second thread at every
-# op (measured: 36 pretraining steps in 12 s with one thread, 2 minutes with two, under the same load); the
-# resumes are as exact with two threads (checked by hand with the default thread count).
-TRAINING_THREADS = {"OMP_NUM_THREADS": "1"}
+# The environment of every run here. Bitwise equality holds for one machine and one thread count, so every run
+# gets the same one. One thread: on a 2-core machine shared with other jobs, a 2-thread trainer waits on its
+# descheduled second thread at every op (measured: 36 pretraining steps in 12 s with one thread, 2 minutes with
+# two, under the same load); the resumes are as exact with two threads (checked by hand with the default count).
+# A killed run leaves its artifact's lease behind (doge_dagster/leases.py); the next run takes it over once it is
+# stale: after 4 s here, not the default 90 s.
+RUN_ENV = {"OMP_NUM_THREADS": "1", "DOGE_LEASE_TTL_S": "4", "DOGE_LEASE_REFRESH_S": "1", "DOGE_LEASE_POLL_S": "0.5"}
 
 # Pretraining: 36 WSD steps, 10 of warmup and 10 of decay. A checkpoint at step N resumes with step N + 1,
 # trained at the scheduler's LR for N: warmup for N < 10, stable for 10 <= N < 26, decay from 26 on.
@@ -223,9 +225,7 @@ def stage_test(tiny_chain, tmp_path: Path, asset: str, edits: dict, upstream: tu
     roots = {}
     for name in ("uninterrupted", "resumed"):
         roots[name] = store_with(tiny_chain, tmp_path / name, upstream)
-    env = {
-        name: dagster_env(tmp_path / name / "home", root, recipes, **TRAINING_THREADS) for name, root in roots.items()
-    }
+    env = {name: dagster_env(tmp_path / name / "home", root, recipes, **RUN_ENV) for name, root in roots.items()}
     uninterrupted(asset, env["uninterrupted"], roots["uninterrupted"], version, tmp_path / "uninterrupted.log")
     resumed_from = killed_and_resumed(asset, env["resumed"], roots["resumed"], version, kills, tmp_path)
     return roots, version, resumed_from
@@ -295,7 +295,7 @@ def test_a_changed_mixture_starts_a_new_version_from_step_0_and_leaves_the_old_c
     root = store_with(tiny_chain, tmp_path, ("tokenizer", "pretrain_mixture"))
     home = tmp_path / "home"
     old = planned_version("doge_base", edits)
-    env = dagster_env(home, root, write_tiny_recipe(tmp_path / "recipes", edits), **TRAINING_THREADS)
+    env = dagster_env(home, root, write_tiny_recipe(tmp_path / "recipes", edits), **RUN_ENV)
     left = materialize_and_kill("doge_base", env, root, old, SAVE_STEPS, tmp_path / "killed.log")
     assert left >= SAVE_STEPS
     old_work = work_folder(root, "doge_base", old)
@@ -306,7 +306,7 @@ def test_a_changed_mixture_starts_a_new_version_from_step_0_and_leaves_the_old_c
     new = planned_version("doge_base", changed)
     assert new != old, "a mixture with another seed must make doge_base another version"
     assert planned_version("pretrain_mixture", changed) != planned_version("pretrain_mixture", edits)
-    env = dagster_env(home, root, write_tiny_recipe(tmp_path / "changed-recipes", changed), **TRAINING_THREADS)
+    env = dagster_env(home, root, write_tiny_recipe(tmp_path / "changed-recipes", changed), **RUN_ENV)
     # The seed also generates the mixture's source rows, which the tokenizer is trained on: both are new too.
     selection = "tokenizer,pretrain_mixture,doge_base"
     completed = run_cli_materialize(selection, env, RUN_TIMEOUT_S, log_path=tmp_path / "new.log")

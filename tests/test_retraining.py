@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import yaml
 from helpers import tiny_raw
 
@@ -46,12 +47,14 @@ def publish_plan(store: ArtifactStore, tags: dict[str, str]) -> dict:
     return planned
 
 
+@pytest.mark.slow
 def test_a_tick_on_the_tiny_chain_with_nothing_changed_launches_nothing(tiny_chain):
     requests, skipped = tick(tiny_chain.artifact_root, RecipeFolder(RECIPES_DIR))
     assert requests == [], [request.tags for request in requests]
     assert len(skipped) == 1 and skipped[0].startswith("tiny: nothing changed"), skipped
 
 
+@pytest.mark.slow
 def test_a_changed_source_continues_from_the_newest_base_whose_gates_passed(tiny_chain, tmp_path):
     store = ArtifactStore(str(tmp_path / "store"))
     base = ArtifactStore(str(tiny_chain.artifact_root)).latest("doge_base", "tiny")

@@ -27,7 +27,7 @@ from doge_dagster.artifacts import ArtifactStore
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 # SmallDoges/small-doge, docs/Doge-20M.md (the Doge-20M model card), trailing spaces removed
-SEED_BASE = '''\
+SEED_BASE = """\
 >>> from transformers import AutoTokenizer, AutoModelForCausalLM
 
 >>> tokenizer = AutoTokenizer.from_pretrained("SmallDoge/Doge-20M")
@@ -36,10 +36,10 @@ SEED_BASE = '''\
 
 >>> out = model.generate(**inputs, max_new_tokens=100)
 >>> print(tokenizer.batch_decode(out))
-'''
+"""
 
 # SmallDoges/small-doge, docs/Doge-20M-Instruct.md (the Doge-20M-Instruct model card), trailing spaces removed
-SEED_INSTRUCT = '''\
+SEED_INSTRUCT = """\
 from transformers import AutoTokenizer, AutoModelForCausalLM, GenerationConfig, TextStreamer
 
 tokenizer = AutoTokenizer.from_pretrained("SmallDoge/Doge-20M-Instruct")
@@ -74,10 +74,10 @@ outputs = model.generate(
     generation_config=generation_config,
     streamer=steamer
 )
-'''
+"""
 
 # SmallDoges/small-doge, docs/training.md, "Reasoning Model Usage" (there is no Doge-20M-Reason card)
-SEED_REASON = '''\
+SEED_REASON = """\
 from transformers import AutoTokenizer, AutoModelForCausalLM, GenerationConfig, TextStreamer
 
 tokenizer = AutoTokenizer.from_pretrained("SmallDoge/Doge-20M-Reason")
@@ -107,7 +107,7 @@ outputs = model.generate(
     generation_config=generation_config,
     streamer=streamer
 )
-'''
+"""
 
 # snippet name -> (the seed's text, its Hub id, the published asset it runs on, its max_new_tokens)
 SNIPPETS = {
