@@ -19,6 +19,7 @@ import datetime
 import os
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import transformers
@@ -31,8 +32,18 @@ PROMPT_TOKENS = 8  # about the seed's usage prompt, "Hey how are you doing?"
 WARMUP_TOKENS = 16
 
 
-def generate_seconds(model, prompt: torch.Tensor, new_tokens: int) -> float:
-    """Wall seconds of one greedy `generate` of exactly `new_tokens` tokens (raises if it made another count)."""
+def busy_seconds() -> float:
+    """CPU seconds every process of the machine has spent so far (/proc/stat: all but idle and iowait)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def generate_seconds(model, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+    """Wall seconds of one greedy `generate` of exactly `new_tokens` tokens (raises if it made another count), and
+    the cores other processes kept busy meanwhile (the machine's CPU time less this process's, over the wall time;
+    /proc/stat counts in ticks of 10 ms, so short calls read coarsely)."""
+    machine_before, own_before = busy_seconds(), time.process_time()
     started = time.perf_counter()
     with torch.inference_mode():
         output = model.generate(
@@ -45,10 +56,11 @@ def generate_seconds(model, prompt: torch.Tensor, new_tokens: int) -> float:
             pad_token_id=model.config.pad_token_id or 0,
         )
     seconds = time.perf_counter() - started
+    others = (busy_seconds() - machine_before) - (time.process_time() - own_before)
     made = output.shape[1] - prompt.shape[1]
     if made != new_tokens:
         raise RuntimeError(f"generate made {made} new tokens, not {new_tokens}")
-    return seconds
+    return seconds, max(others, 0.0) / seconds
 
 
 def bench(size: str, thread_counts: list[int], new_tokens: int, repeats: int) -> list[dict]:
@@ -60,7 +72,7 @@ def bench(size: str, thread_counts: list[int], new_tokens: int, repeats: int) ->
     for threads in thread_counts:
         torch.set_num_threads(threads)
         generate_seconds(model, prompt, WARMUP_TOKENS)
-    seconds: dict[int, list[float]] = {threads: [] for threads in thread_counts}
+    seconds: dict[int, list[tuple[float, float]]] = {threads: [] for threads in thread_counts}
     for _ in range(repeats):  # interleaved: each round times every thread count once
         for threads in thread_counts:
             torch.set_num_threads(threads)
@@ -68,7 +80,7 @@ def bench(size: str, thread_counts: list[int], new_tokens: int, repeats: int) ->
     torch.set_num_threads(thread_counts[0])
     rows = []
     for threads in thread_counts:
-        rates = [new_tokens / elapsed for elapsed in seconds[threads]]
+        rates = [new_tokens / elapsed for elapsed, _ in seconds[threads]]
         median = statistics.median(rates)
         rows.append({
             "size": size,
@@ -80,6 +92,7 @@ def bench(size: str, thread_counts: list[int], new_tokens: int, repeats: int) ->
             "max": max(rates),
             "seed": SEED_TOKENS_PER_S[size],
             "ratio": median / SEED_TOKENS_PER_S[size],
+            "others": statistics.median(others for _, others in seconds[threads]),
         })  # fmt: skip
     return rows
 
@@ -97,17 +110,19 @@ def table(rows: list[dict], args: argparse.Namespace, default_threads: int, load
             f"Batch 1, fp32, random weights, greedy, `use_cache=True`, a {PROMPT_TOKENS}-token prompt, exactly "
             f"{args.tokens} new tokens per `generate` (prefill included); median (and range) of {args.repeats} timed "
             f"calls after a {WARMUP_TOKENS}-token warm-up, thread counts interleaved round by round. Seed: the model "
-            f"cards' tokens/s on an Intel i7-11 CPU. 1-min load average at start / end: {loads[0]:.2f} / {loads[1]:.2f} "
+            f"cards' tokens/s on an Intel i7-11 CPU. Others' cores: the median of the cores other processes kept busy "
+            f"during the timed calls (/proc/stat less this process), the load this run shared the machine with. 1-min load average at start / end: {loads[0]:.2f} / {loads[1]:.2f} "
             f"({os.cpu_count()} cores)."
         ),
         "",
-        "| model | parameters | attention | threads | tokens/s | range | seed (i7-11) | ratio to seed |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | parameters | attention | threads | tokens/s | range | seed (i7-11) | ratio to seed | others' cores |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| Doge-{row['size']} | {row['parameters'] / 1e6:.1f}M | {row['attention']} | {row['threads']} | "
-            f"{row['tokens_per_s']:.1f} | {row['min']:.1f}-{row['max']:.1f} | {row['seed']} | {row['ratio']:.2f}x |"
+            f"{row['tokens_per_s']:.1f} | {row['min']:.1f}-{row['max']:.1f} | {row['seed']} | {row['ratio']:.2f}x | "
+            f"{row['others']:.2f} |"
         )
     return "\n".join(lines)
 

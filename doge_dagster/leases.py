@@ -103,8 +103,21 @@ class LeaseRecord:
             return None
 
     def is_stale(self, ttl_s: float, now: float | None = None) -> bool:
-        """Not refreshed for longer than `ttl_s`: the holder is taken for dead."""
-        return (time.time() if now is None else now) - self.refreshed > ttl_s
+        """Not refreshed for longer than `ttl_s`, or held by a process of this host that no longer exists: the
+        holder is dead (a run killed with SIGKILL is seen at once on its own host, elsewhere after the TTL)."""
+        return (time.time() if now is None else now) - self.refreshed > ttl_s or self.holder_is_dead_here()
+
+    def holder_is_dead_here(self) -> bool:
+        """The holder ran on this host and its pid is gone (a reused pid counts as alive: the TTL decides then)."""
+        if self.host != socket.gethostname() or self.pid <= 0:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+        return False
 
     def describe(self, now: float | None = None) -> str:
         """Who holds it and since when, for logs and error messages."""

@@ -6,8 +6,8 @@ Every run goes through the CLI (`dagster asset materialize`) on a store holding 
 of the session's `tiny_chain`, with a short schedule logging every step and saving a checkpoint every 2 steps.
 The reference (uninterrupted) run of the same recipe is trained in the same test, on the same machine and
 thread count, in a store of its own. Kill steps come from a random generator seeded with `KILL_SEED` and are
-printed (pytest shows them with a failure, and they are in the assertion messages): the same seed kills at the
-same steps again.
+printed (pytest shows them with a failure, and they are in the assertion messages with the checkpoints each run
+resumed from): the same seed picks the same steps again; how far past its step a kill lands depends on timing.
 
 What a resume restores (transformers 5.24, TRL 1.16; see README, *Artifacts, versions, caching, resume*): the
 weights, the optimizer and LR scheduler, the trainer state (step, `num_input_tokens_seen`, log history), the
@@ -229,6 +229,37 @@ def stage_test(tiny_chain, tmp_path: Path, asset: str, edits: dict, upstream: tu
     uninterrupted(asset, env["uninterrupted"], roots["uninterrupted"], version, tmp_path / "uninterrupted.log")
     resumed_from = killed_and_resumed(asset, env["resumed"], roots["resumed"], version, kills, tmp_path)
     return roots, version, resumed_from
+
+
+# -- the published curves of a resumed run start from the checkpoint's log history --------------------------------
+def test_a_resumed_progress_callback_starts_its_curves_from_the_checkpoints_log_history():
+    """The progress callback of a trainer resumed from a checkpoint holds the points logged before it (the state's
+    `log_history`, read from `trainer_state.json`); a trainer starting at step 0 (a fresh state, e.g. an
+    out-of-memory backoff without a checkpoint) drops the points of the attempt before."""
+    from transformers import TrainerState
+
+    from doge_dagster.training.progress import progress_callback
+
+    class Reporter:
+        def info(self, message: str) -> None:
+            pass
+
+    history = [
+        {"loss": 2.5, "reward": 0.5, "rewards/format_reward/mean": 0.25, "learning_rate": 1e-3, "step": 1},
+        {"eval_loss": 2.4, "step": 2},
+        {"loss": 2.0, "reward": 0.75, "rewards/format_reward/mean": 0.5, "step": 2},
+    ]
+    callback = progress_callback(Reporter())
+    callback.on_train_begin(None, TrainerState(global_step=2, log_history=history), None)
+    assert callback.curve == [(1, 2.5), (2, 2.0)]
+    assert callback.eval_losses == [(2, 2.4)]
+    assert callback.rewards == [(1, 0.5), (2, 0.75)]
+    assert callback.reward_parts == {"format_reward": [(1, 0.25), (2, 0.5)]}
+    callback.on_log(None, TrainerState(global_step=3, max_steps=4), None, logs={"loss": 1.5})
+    assert callback.curve == [(1, 2.5), (2, 2.0), (3, 1.5)]
+
+    callback.on_train_begin(None, TrainerState(global_step=0), None)
+    assert (callback.curve, callback.eval_losses, callback.rewards, callback.reward_parts) == ([], [], [], {})
 
 
 # -- pretraining: one run killed in the warmup, the stable phase and the decay ------------------------------------
