@@ -23,6 +23,7 @@ from doge_dagster.artifacts import ArtifactStore, Manifest
 from doge_dagster.budget import estimate_stage, plan_lines
 from doge_dagster.explain import explain_against_plan
 from doge_dagster.hub_models import EXTERNAL_PREFIXES
+from doge_dagster.lineage import recorded_lineage
 from doge_dagster.plan import NODES, Planned, ancestry, plan_versions
 from doge_dagster.recipes import PROJECT_ROOT, RecipeError, apply_overrides, load_recipe
 
@@ -64,29 +65,15 @@ def lineage_lines(node: str, partition: str, planned: dict[str, Planned], store:
 def recorded_lineage_lines(root: Manifest, store: ArtifactStore) -> list[str]:
     """Lineage of one published artifact as its manifests recorded it: the inputs that really produced it,
     whatever the recipe says today (an older recipe, a one-run override, a continued pretraining)."""
-    partition = root.partition
-    sources: dict[str, str] = {}
-    lines: list[str] = []
-    seen: set[tuple[str, str]] = set()
-
-    def visit(asset: str, asset_version: str, manifest: Manifest | None = None) -> None:
-        if asset.startswith(EXTERNAL_PREFIXES):  # a dataset or a Hub checkpoint: no manifest of ours
-            sources[asset] = asset_version
-            return
-        if (asset, asset_version) in seen:
-            return
-        seen.add((asset, asset_version))
-        manifest = manifest or store.read_manifest(asset, partition, asset_version)
+    lineage = recorded_lineage(store, root.partition, {root.asset: root})
+    lines = [f"{name:<24} {value}" for name, value in lineage.sources.items()]
+    for asset, version, manifest in lineage.entries:
         if manifest is None:
-            lines.append(f"{asset:<24} {asset_version}  [missing: no manifest, so its inputs are unknown]")
-            return
-        for upstream, upstream_version in sorted(manifest.upstream.items()):
-            visit(upstream, upstream_version)
+            lines.append(f"{asset:<24} {version}  [missing: no manifest, so its inputs are unknown]")
+            continue
         inputs = ", ".join(f"{name}@{value[:8]}" for name, value in sorted(manifest.upstream.items()))
-        lines.append(f"{asset:<24} {asset_version}  [{published_label(manifest)}]  <- {inputs}")
-
-    visit(root.asset, root.version, root)
-    return [f"{name:<24} {value}" for name, value in sorted(sources.items())] + lines
+        lines.append(f"{asset:<24} {version}  [{published_label(manifest)}]  <- {inputs}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,13 +23,14 @@ import math
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from doge_dagster.artifacts import ArtifactStore, Manifest, hash_file
+from doge_dagster.lineage import Lineage, recorded_lineage
 from doge_dagster.plan import Node, chain_nodes
 from doge_dagster.recipe_sections import ReleaseRecipe
 from doge_dagster.recipes import Recipe, content_version
@@ -90,50 +91,6 @@ def hub_endpoint() -> str:
 def release_tag(partition: str, version: str) -> str:
     """The Hub tag of a release: the recipe and the release's artifact version, e.g. `20M-0123456789abcdef`."""
     return f"{partition}-{version}"
-
-
-# -- the recorded lineage ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Lineage:
-    """Every artifact behind a release's inputs as their manifests recorded them, upstream first."""
-
-    manifests: list[Manifest]
-    sources: dict[str, str]
-    missing: list[tuple[str, str]] = field(default_factory=list)  # recorded inputs without a manifest
-
-    def of_assets(self, assets: set[str], order: list[str] | None = None) -> list[Manifest]:
-        """The lineage's manifests of these assets, upstream first, or in `order` of their asset names (a
-        continued model's earlier versions stay before it)."""
-        found = [manifest for manifest in self.manifests if manifest.asset in assets]
-        return sorted(found, key=lambda manifest: order.index(manifest.asset)) if order else found
-
-
-def recorded_lineage(store: ArtifactStore, partition: str, inputs: dict[str, Manifest]) -> Lineage:
-    """Walk the manifests from `inputs` back to the sources (what really produced them, as `doge-dagster lineage
-    --version` does): every artifact once, each after its own inputs."""
-    ordered: list[Manifest] = []
-    sources: dict[str, str] = {}
-    missing: list[tuple[str, str]] = []
-    seen: set[tuple[str, str]] = set()
-
-    def visit(asset: str, version: str, manifest: Manifest | None = None) -> None:
-        if asset.startswith("source_"):
-            sources[asset] = version
-            return
-        if (asset, version) in seen:
-            return
-        seen.add((asset, version))
-        manifest = manifest or store.read_manifest(asset, partition, version)
-        if manifest is None:
-            missing.append((asset, version))
-            return
-        for parent, parent_version in sorted(manifest.upstream.items()):
-            visit(parent, parent_version)
-        ordered.append(manifest)
-
-    for asset, manifest in sorted(inputs.items()):
-        visit(asset, manifest.version, manifest)
-    return Lineage(ordered, dict(sorted(sources.items())), missing)
 
 
 def recorded_sections(manifest: Manifest, recipe: Recipe, nodes: dict[str, Node]) -> dict[str, Any] | None:
