@@ -9,7 +9,9 @@ weights, fp32, transformers' default attention, and generates greedily (`use_cac
 random token ids: exactly `--tokens` new tokens (`min_new_tokens` equal to `max_new_tokens`, so a random model's
 EOS cannot end a run early). The rate is new tokens over the whole `generate` call (the prompt's prefill
 included), the median of `--repeats` timed calls after an untimed warm-up call, with the threads torch picks
-by itself and with 1 thread, interleaved round by round so background load hits both alike.
+by itself and with 1 thread, interleaved round by round so background load hits both alike. The last column,
+others' cores, is how many cores other processes kept busy during those calls (/proc/stat less this process's CPU
+time): on a shared machine it tells a measured row from a contended one.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from measure import machine, report
 SEED_TOKENS_PER_S = {"20M": 142, "60M": 62, "160M": 28, "320M": 16}
 PROMPT_TOKENS = 8  # about the seed's usage prompt, "Hey how are you doing?"
 WARMUP_TOKENS = 16
+COLUMNS = ("model", "parameters", "attention", "threads", "tokens/s", "range", "seed (i7-11)", "ratio to seed",
+           "others' cores")  # fmt: skip
 
 
 def busy_seconds() -> float:
@@ -110,13 +114,13 @@ def table(rows: list[dict], args: argparse.Namespace, default_threads: int, load
             f"Batch 1, fp32, random weights, greedy, `use_cache=True`, a {PROMPT_TOKENS}-token prompt, exactly "
             f"{args.tokens} new tokens per `generate` (prefill included); median (and range) of {args.repeats} timed "
             f"calls after a {WARMUP_TOKENS}-token warm-up, thread counts interleaved round by round. Seed: the model "
-            f"cards' tokens/s on an Intel i7-11 CPU. Others' cores: the median of the cores other processes kept busy "
-            f"during the timed calls (/proc/stat less this process), the load this run shared the machine with. 1-min load average at start / end: {loads[0]:.2f} / {loads[1]:.2f} "
-            f"({os.cpu_count()} cores)."
+            "cards' tokens/s on an Intel i7-11 CPU. Others' cores: the median of the cores other processes kept busy "
+            "during the timed calls (/proc/stat less this process), the load this run shared the machine with. "
+            f"1-min load average at start / end: {loads[0]:.2f} / {loads[1]:.2f} ({os.cpu_count()} cores)."
         ),
         "",
-        "| model | parameters | attention | threads | tokens/s | range | seed (i7-11) | ratio to seed | others' cores |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
     ]
     for row in rows:
         lines.append(

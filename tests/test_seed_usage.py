@@ -154,6 +154,7 @@ def without_prompts(block: str) -> str:
 
 @pytest.mark.parametrize("name", SNIPPETS)
 def test_the_readme_prints_the_seed_snippet_with_only_the_documented_changes(name):
+    """The README block is the seed's text, line for line (trailing spaces aside), after the documented changes."""
     seed, hub_id, _, _ = SNIPPETS[name]
     block = readme_block(name)
     lines = [line.rstrip() for line in block.splitlines()]
