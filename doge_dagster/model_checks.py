@@ -27,6 +27,7 @@ class TrainedModel:
     vocab_size: int | str
     # GRPO: the logged mean reward per step, total ("reward") and per reward function (its name).
     rewards: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    reward_ceiling: float = 0.95  # the recipe's `reward_ceiling` (see `reward_improves`)
 
     @functools.cached_property
     def model(self) -> Any:
@@ -57,7 +58,6 @@ def loss_finite_and_falling(trained: TrainedModel) -> CheckResult:
 
 
 REWARD_WINDOW = 0.3  # the first and the last 30% of the logged steps are compared
-REWARD_CEILING = 0.95  # a format rate at or above this has nothing left to learn
 FORMAT_REWARD = "format_reward"
 
 
@@ -69,7 +69,8 @@ def _window_means(points: list[tuple[int, float]]) -> tuple[float, float]:
 
 def reward_improves(trained: TrainedModel) -> CheckResult:
     """GRPO learned: the mean reward over the last logged steps beats the first ones (the total reward, or the
-    format reward at least), or the format reward is at its ceiling (0.95 and up) over the last steps.
+    format reward at least), or the format reward is at its ceiling (the recipe's `reward_ceiling`, 0.95 by
+    default) over the last steps.
 
     Rewards that carry no signal (always 0) fail: nothing improves and the format rate is not at its ceiling.
     The ceiling clause is for a distilled model that already answers in the think format: the format reward
@@ -84,7 +85,7 @@ def reward_improves(trained: TrainedModel) -> CheckResult:
     improved = [name for name in ("reward", FORMAT_REWARD) if name in windows and windows[name][1] > windows[name][0]]
     if improved:
         return True, f"{detail} (improved: {', '.join(improved)})"
-    if FORMAT_REWARD in windows and windows[FORMAT_REWARD][1] >= REWARD_CEILING:
+    if FORMAT_REWARD in windows and windows[FORMAT_REWARD][1] >= trained.reward_ceiling:
         return True, f"{detail} (the format reward is at its ceiling over the last steps)"
     return False, f"{detail}: no improvement over the first steps, and the format reward is not at its ceiling"
 

@@ -491,6 +491,14 @@ class GRPOStage(StageRecipe):
 
     rewards: list[Literal["accuracy", "format"]] = Field(default_factory=lambda: ["accuracy", "format"])
     reward_weights: list[float] | None = None
+    reward_ceiling: float = Field(
+        0.95,
+        ge=0,
+        le=1,
+        description="the `reward_improves` check passes when the format reward over the last logged steps is at "
+        "least this (a model that already answers in the think format has nothing left to learn there), or when "
+        "the reward rose; 0 turns the learning check into a no-op (for runs that test mechanics, not learning)",
+    )
 
     @model_validator(mode="after")
     def _generations(self) -> GRPOStage:

@@ -70,6 +70,7 @@ MECHANICS_EDITS: dict[str, Any] = {
     **_short_stage("dpo", 8, learning_rate=1.0e-4),
     **_short_stage("distill", 20),
     **_short_stage("grpo", 3),
+    "stages.grpo.reward_ceiling": 0.0,  # 3 GRPO steps on a barely distilled model learn nothing measurable
     **{f"evaluation.{report}.max_samples": 10 for report in ("base", "instruct", "reason")},
     **{f"evaluation.{report}.regression_tolerance": 1.0 for report in ("instruct", "reason")},
     "evaluation.reason.min_format_rate": DELETE,
@@ -345,12 +346,12 @@ def run_program(
 
 
 def dg_materialize(
-    selection: str, env: dict[str, str], timeout: float = 180, partition: str = "tiny"
+    selection: str, env: dict[str, str], timeout: float = 180, partition: str = "tiny", tags: dict | None = None
 ) -> dict[str, Any]:
     """`dg.materialize` of `selection` in a subprocess (fresh imports, so DOGE_RECIPES_DIR applies).
 
-    Returns `success`, step `failures` (error text and `dg.Failure` description), the number of
+    `tags` are the run's tags. Returns `success`, step `failures` (error text and `dg.Failure` description), the number of
     local-backend launches (`ProcessGroupSubprocessClient.run`), and the event messages
     (see `programs/materialize.py`).
     """
-    return run_program("materialize", [selection, partition], env, timeout, check=False).result
+    return run_program("materialize", [selection, partition, json.dumps(tags or {})], env, timeout, check=False).result

@@ -359,23 +359,30 @@ def test_rematerializing_the_evaluations_is_a_cached_skip(eval_chain, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(4800)
 def test_damaged_reason_model_fails_its_gate_on_fresh_scores(eval_chain, tmp_path):
-    """A recipe whose GRPO learning rate is 100x the shipped one: GRPO's own check passes (its loss stays
-    finite), the model collapses (arithmetic_gen 0.0 against the instruct model's 0.94 when measured),
-    reason_eval is re-evaluated on the new weights and its blocking gate fails the run, naming the task and
-    the delta. The collapse is total, so it holds on any CPU: a damage near the gate's tolerance would not
-    (a DPO learning rate 50x too high left the instruct model as good as a weak base model on one machine,
-    and 3x that failed DPO's own loss check)."""
+    """A recipe whose GRPO learning rate is 100x the shipped one: the model collapses (arithmetic_gen 0.0
+    against the instruct model's 0.94 when measured). GRPO's own `reward_improves` check catches it first (its
+    rewards fall), so reason_eval is not launched in that run; evaluated anyway in a later run
+    (`doge/allow-failed-gates=true`), reason_eval scores the new weights and its own blocking gate fails, naming
+    the task and the delta. The collapse is total, so it holds on any CPU: a damage near the gate's tolerance
+    would not (a DPO learning rate 50x too high left the instruct model as good as a weak base model on one
+    machine, and 3x that failed DPO's own loss check)."""
     edits = {"stages.grpo.training.learning_rate": 1.0e-3}
     root = tmp_path / "artifacts"
     kept = (*DATA_ASSETS, "doge_base", "doge_instruct_sft", "doge_instruct", "doge_reason_distill")
     copy_artifacts(eval_chain.artifact_root, root, (*kept, "base_eval", "instruct_eval"))
     recipes = write_tiny_recipe(tmp_path / "recipes", edits)
-    result = dg_materialize("doge_reason,reason_eval", dagster_env(tmp_path / "home", root, recipes), timeout=2400)
+    env = dagster_env(tmp_path / "home", root, recipes)
+    result = dg_materialize("doge_reason,reason_eval", env, timeout=2400)
     assert not result["success"]
-    assert result["launches"] == 2, result["failures"]  # doge_reason and reason_eval
+    assert result["launches"] == 1, result["failures"]  # doge_reason only: its failed check blocks reason_eval
+    reason = read_manifest(root, "doge_reason", planned_version("doge_reason", edits))["metadata"]
+    assert reason["checks"]["reward_improves"][0] is False, reason["checks"]["reward_improves"]
+    result = dg_materialize("reason_eval", env, timeout=2400, tags={"doge/allow-failed-gates": "true"})
+    assert not result["success"] and result["launches"] == 1, result["failures"]
     version = planned_version("reason_eval", edits)
     assert version != planned_version("reason_eval")
     metadata = read_manifest(root, "reason_eval", version)["metadata"]
+    assert metadata["gate_override"][0]["asset"] == "doge_reason"
     healthy = read_manifest(eval_chain.artifact_root, "reason_eval", planned_version("reason_eval"))["metadata"]
     assert (
         metadata["weights_sha256"] != healthy["weights_sha256"] and metadata["scores"] != healthy["scores"]

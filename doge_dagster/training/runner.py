@@ -161,7 +161,8 @@ def _run(spec: LaunchSpec, reporter: Reporter, started: float) -> None:
     _write_generation_config(staged, ctx.tokenizer)
     plot_curves(staged / "loss_curve.png", spec.asset, progress.curve, progress.eval_losses, progress.rewards)
     rewards = {"reward": progress.rewards, **progress.reward_parts} if progress.rewards else {}
-    trained = TrainedModel(staged, ctx.tokenizer, progress.curve, recipe.model.vocab_size, rewards)
+    ceiling = getattr(ctx.section, "reward_ceiling", 0.95)
+    trained = TrainedModel(staged, ctx.tokenizer, progress.curve, recipe.model.vocab_size, rewards, ceiling)
     with whole_model_loading():  # rank 0 alone loads the saved model (not partitioned by ZeRO-3's zero.Init)
         checks = run_checks(ctx.stage.checks, trained)
     _write_model_card(staged, spec, recipe.name, ctx.section, metrics)

@@ -1,6 +1,7 @@
 """`dg.materialize` of a selection of the code location for one partition, counting local-backend launches.
 
-Usage: `python -m programs.materialize SELECTION PARTITION` (SELECTION: asset names separated by commas).
+Usage: `python -m programs.materialize SELECTION PARTITION [TAGS_JSON]` (SELECTION: asset names separated by
+commas; TAGS_JSON: the run's tags).
 
 The definitions are imported here, under the caller's environment (DOGE_RECIPES_DIR, DOGE_ARTIFACT_ROOT), on an
 ephemeral instance. `ProcessGroupSubprocessClient.run` is wrapped before the definitions are imported so that
@@ -11,6 +12,7 @@ asset's metadata (`materializations`, values as text).
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -34,14 +36,15 @@ def count_launches() -> list[Any]:
     return launches
 
 
-def materialize(selection: str, partition: str) -> dict[str, Any]:
-    """Materialize `selection` (comma-separated) for `partition`; the result as `main` prints it."""
+def materialize(selection: str, partition: str, tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Materialize `selection` (comma-separated) for `partition` with the run `tags`; the result as `main` prints
+    it."""
     launches = count_launches()
     from doge_dagster.definitions import defs  # after count_launches: the resources get the wrapped client
 
     result = dg.materialize(
         list(defs.assets), selection=selection.split(","), partition_key=partition, resources=defs.resources,
-        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False, tags=tags or None,
     )  # fmt: skip
     failures = []
     for event in result.get_step_failure_events():
@@ -67,8 +70,8 @@ def materialize(selection: str, partition: str) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
-    selection, partition = argv
-    emit(materialize(selection, partition))
+    selection, partition, *tags = argv
+    emit(materialize(selection, partition, json.loads(tags[0]) if tags else None))
 
 
 if __name__ == "__main__":
