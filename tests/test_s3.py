@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -39,6 +37,7 @@ from helpers import (
     write_tiny_recipe,
 )
 from moto_s3 import ACCESS_KEY, BUCKET, REGION, SECRET_KEY, store_options
+from tcp_proxy import TcpProxy  # forwards a byte budget of requests, then holds; stop() cuts
 
 from doge_dagster.artifacts import MANIFEST_NAME, ArtifactMissingError, ArtifactStore
 
@@ -103,81 +102,6 @@ def test_process_env_lets_a_bare_artifact_store_reach_s3(s3_server, tmp_path):
 
 
 # -- interrupted uploads ---------------------------------------------------------------------------------------
-class ThrottlingProxy:
-    """A TCP proxy to the S3 endpoint that forwards `budget` request bytes, then holds all traffic.
-
-    `drop()` closes every connection and refuses new ones (the endpoint vanishes mid-upload).
-    """
-
-    def __init__(self, target_port: int, budget: int):
-        self.target_port = target_port
-        self.budget = budget
-        self.forwarded = 0
-        self.saturated = threading.Event()
-        self.dropped = threading.Event()
-        self.lock = threading.Lock()
-        self.sockets: list[socket.socket] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while not self.dropped.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            with self.lock:
-                self.sockets += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
-
-    def _allow(self, size: int) -> int:
-        with self.lock:
-            allowed = max(0, min(size, self.budget - self.forwarded))
-            self.forwarded += allowed
-            if self.forwarded >= self.budget:
-                self.saturated.set()
-            return allowed
-
-    def _pump(self, source: socket.socket, destination: socket.socket, is_request: bool) -> None:
-        try:
-            while not self.dropped.is_set():
-                ready, _, _ = select.select([source], [], [], 0.1)
-                if not ready:
-                    continue
-                data = source.recv(65536)
-                if not data:
-                    destination.shutdown(socket.SHUT_WR)
-                    return
-                if is_request:
-                    allowed = self._allow(len(data))
-                    destination.sendall(data[:allowed])
-                    if allowed < len(data):
-                        self.dropped.wait()  # hold the rest until the test cuts the connection
-                        return
-                else:
-                    destination.sendall(data)
-        except OSError:
-            return
-
-    def drop(self) -> None:
-        self.dropped.set()
-        with self.lock:
-            sockets, self.sockets = self.sockets, []
-        for sock in [self.listener, *sockets]:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-
-
 FILE_COUNT = 120
 FILE_SIZE = 32 * 1024
 
@@ -208,7 +132,7 @@ def test_publisher_killed_mid_upload_leaves_no_manifest_and_a_rerun_completes(s3
     root = f"s3://{BUCKET}/{request.node.name}"
     prefix = f"{request.node.name}/model/tiny/v1/"
     files = stage_files(tmp_path / "staged")
-    proxy = ThrottlingProxy(int(url.rsplit(":", 1)[1]), budget=4 * FILE_SIZE)
+    proxy = TcpProxy(int(url.rsplit(":", 1)[1]), budget=4 * FILE_SIZE)
     options = store_options(proxy.url)
     publisher = subprocess.Popen(
         program_command("publish", root, str(tmp_path / "staged"), json.dumps(options)),
@@ -223,7 +147,7 @@ def test_publisher_killed_mid_upload_leaves_no_manifest_and_a_rerun_completes(s3
     finally:
         if publisher.poll() is None:
             os.killpg(publisher.pid, signal.SIGKILL)
-        proxy.drop()
+        proxy.stop()
     partial = bucket_objects(client, prefix)
     assert 0 < len(partial) < len(files), f"{len(partial)} objects: the kill did not fall mid-upload"
     assert prefix + MANIFEST_NAME not in partial
@@ -242,7 +166,7 @@ def test_connection_dropped_mid_upload_fails_the_publish_without_a_manifest(s3_s
     prefix = f"{request.node.name}/model/tiny/v1/"
     staged = tmp_path / "staged"
     files = stage_files(staged)
-    proxy = ThrottlingProxy(int(url.rsplit(":", 1)[1]), budget=4 * FILE_SIZE)
+    proxy = TcpProxy(int(url.rsplit(":", 1)[1]), budget=4 * FILE_SIZE)
     # Few retries: the endpoint is gone for good, the test only needs the publish to give up.
     flaky = ArtifactStore(
         root,
@@ -264,7 +188,7 @@ def test_connection_dropped_mid_upload_fails_the_publish_without_a_manifest(s3_s
     try:
         wait_for(lambda: proxy.saturated.is_set() and bucket_objects(client, prefix), 120, "the first uploaded files")
     finally:
-        proxy.drop()
+        proxy.stop()
     thread.join(timeout=180)
     assert not thread.is_alive(), "publish did not give up after the connection dropped"
     assert "manifest" not in outcome and isinstance(outcome.get("error"), Exception), outcome
