@@ -2,9 +2,8 @@
 
 import dagster as dg
 
-from assets.partitions import recipe_partitions
 from assets.sources import build_source_assets
-from assets.versioned import BuildContext, BuildOutput, materialize_versioned, node_code_version
+from assets.versioned import BuildContext, BuildOutput, materialize_versioned, node_asset_arguments
 from doge_dagster.evaluation.report import markdown_table
 from doge_dagster.plan import TOKENIZER
 from doge_dagster.recipes import RecipeFolder
@@ -37,13 +36,7 @@ def build_tokenizer_asset(recipes: RecipeFolder) -> dg.AssetsDefinition:
     """The `tokenizer` asset of the recipes' partitions."""
 
     @dg.asset(
-        name=TOKENIZER.name,
-        group_name=TOKENIZER.group,
-        partitions_def=recipe_partitions(recipes),
-        deps=list(SOURCE_KEY.values()),
-        code_version=node_code_version(TOKENIZER.name, recipes),
-        description=TOKENIZER.description,
-        check_specs=[dg.AssetCheckSpec(name, asset=TOKENIZER.name, blocking=True) for name in TOKENIZER_CHECKS],
+        **node_asset_arguments(TOKENIZER.name, recipes, TOKENIZER_CHECKS, deps=list(SOURCE_KEY.values())),
         kinds={"huggingface"},
     )
     def tokenizer(context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResource) -> dg.MaterializeResult:
@@ -63,7 +56,9 @@ def build_mixture_asset(kind: Mixture, recipes: RecipeFolder) -> dg.AssetsDefini
         from doge_dagster.data.build import build_mixture, check_mixture
 
         tokenizer_dir = build.upstream_dirs["tokenizer"]
-        stats, preview = build_mixture(build.recipe, kind, tokenizer_dir, build.out_dir, build.planned.version, build.log.info)
+        stats, preview = build_mixture(
+            build.recipe, kind, tokenizer_dir, build.out_dir, build.planned.version, build.log.info
+        )
         mixture = build.recipe.section(f"mixtures.{kind.name}")
         from doge_dagster.data.build import load_saved_tokenizer
 
@@ -87,13 +82,9 @@ def build_mixture_asset(kind: Mixture, recipes: RecipeFolder) -> dg.AssetsDefini
         )
 
     @dg.asset(
-        name=name,
-        group_name="data",
-        partitions_def=recipe_partitions(recipes),
-        deps=["tokenizer", *(SOURCE_KEY[source] for source in sources)],
-        code_version=node_code_version(name, recipes),
-        description=kind.description,
-        check_specs=[dg.AssetCheckSpec(check, asset=name, blocking=True) for check in kind.checks],
+        **node_asset_arguments(
+            name, recipes, kind.checks, deps=["tokenizer", *(SOURCE_KEY[source] for source in sources)]
+        ),
         kinds={"huggingface"},
         # Pretraining, the longest stage, waits on this mixture alone: build it first when steps queue
         # (training stages carry the same priority).

@@ -15,10 +15,8 @@ condition, so no upstream change starts training by itself. The conditions act o
 import dagster as dg
 
 from assets.launching import launch_on_compute
-from assets.partitions import recipe_partitions
-from assets.versioned import BuildContext, BuildOutput, materialize_versioned, node_code_version
+from assets.versioned import BuildContext, BuildOutput, materialize_versioned, node_asset_arguments
 from doge_dagster.launching.command import LaunchError
-from doge_dagster.plan import chain_nodes
 from doge_dagster.recipes import RecipeFolder
 from doge_dagster.stages import Report
 from doge_dagster.training.validation import validate_launch
@@ -42,16 +40,9 @@ def with_markdown(result: dg.MaterializeResult) -> dg.MaterializeResult:
 def build_evaluation_asset(report: Report, recipes: RecipeFolder) -> dg.AssetsDefinition:
     """The report asset of `report`, launched on the `compute` resource."""
     name = report.asset
-    node = chain_nodes(recipes.chain)[name]
 
     @dg.asset(
-        name=name,
-        group_name=node.group,
-        partitions_def=recipe_partitions(recipes),
-        deps=list(node.upstream),
-        code_version=node_code_version(name, recipes),
-        description=node.description,
-        check_specs=[dg.AssetCheckSpec(check, asset=name, blocking=True) for check in report.checks],
+        **node_asset_arguments(name, recipes, report.checks),
         pool="gpu",
         kinds={"pytorch"},
         automation_condition=dg.AutomationCondition.eager(),

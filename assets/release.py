@@ -17,9 +17,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from assets.partitions import recipe_partitions
-from assets.versioned import BuildContext, BuildOutput, materialize_versioned, node_code_version, run_recipe
-from doge_dagster.plan import chain_nodes
+from assets.versioned import BuildContext, BuildOutput, materialize_versioned, node_asset_arguments, run_recipe
 from doge_dagster.recipes import RecipeFolder
 from doge_dagster.release import (
     TOKEN_ENV,
@@ -38,7 +36,6 @@ def build_release_asset(release: Release, recipes: RecipeFolder) -> dg.AssetsDef
     """The release asset of `release`: built in the run's process (copying, loading and pushing need no GPU)."""
     name = release.asset
     chain = recipes.chain
-    node = chain_nodes(chain)[name]
     model_asset, report_asset = chain.stage(release.model_stage).asset, chain.report(release.report).asset
     chat = release.model_stage != chain.root_stage().name
 
@@ -96,12 +93,7 @@ def build_release_asset(release: Release, recipes: RecipeFolder) -> dg.AssetsDef
         return BuildOutput(metadata=metadata, ui_metadata=ui_metadata)
 
     @dg.asset(
-        name=name,
-        group_name=node.group,
-        partitions_def=recipe_partitions(recipes),
-        deps=list(node.upstream),
-        code_version=node_code_version(name, recipes),
-        description=node.description,
+        **node_asset_arguments(name, recipes),
         kinds={"huggingface"},
         output_required=False,  # a disabled release yields nothing: no materialization, not a failure
     )

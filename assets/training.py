@@ -10,8 +10,7 @@ runs show the same metadata.
 import dagster as dg
 
 from assets.launching import check_time_budget, launch_on_compute
-from assets.partitions import recipe_partitions
-from assets.versioned import BuildContext, BuildOutput, materialize_versioned, node_code_version
+from assets.versioned import BuildContext, BuildOutput, materialize_versioned, node_asset_arguments
 from doge_dagster.launching.command import LaunchError
 from doge_dagster.plan import chain_nodes
 from doge_dagster.recipes import RecipeFolder
@@ -32,13 +31,7 @@ def build_training_asset(stage: Stage, recipes: RecipeFolder) -> dg.AssetsDefini
     gates = [recipes.chain.report(name).asset for name in stage.gated_by]
 
     @dg.asset(
-        name=stage.asset,
-        group_name=node.group,
-        partitions_def=recipe_partitions(recipes),
-        deps=[*node.upstream, *gates],
-        code_version=node_code_version(stage.asset, recipes),
-        description=node.description,
-        check_specs=[dg.AssetCheckSpec(check, asset=stage.asset, blocking=True) for check in stage.checks],
+        **node_asset_arguments(stage.asset, recipes, stage.checks, deps=[*node.upstream, *gates]),
         pool="gpu",
         kinds={"pytorch"},
         op_tags={"dagster/priority": "1"},  # the chain's critical path: before reports and other mixtures

@@ -16,6 +16,7 @@ from typing import Any
 
 import dagster as dg
 
+from assets.partitions import recipe_partitions
 from doge_dagster.artifacts import ArtifactStore, Manifest
 from doge_dagster.explain import explain_previous
 from doge_dagster.gates import ALLOW_FAILED_GATES_TAG, checks_record, failed_gates, override_allowed, refusal_message
@@ -93,6 +94,24 @@ def _raw_recipe_text(recipes: RecipeFolder, partition: str) -> str:
         return recipes.path(partition).read_text(errors="replace")
     except OSError:
         return ""
+
+
+def node_asset_arguments(
+    name: str, recipes: RecipeFolder, checks: tuple[str, ...] = (), deps: list | None = None
+) -> dict[str, Any]:
+    """The `dg.asset` arguments every artifact asset takes from its node of the plan: name, group, one partition
+    per recipe, upstream deps (`deps` when the Dagster deps differ, e.g. source assets or gating reports), code
+    version, description, and its blocking `checks`."""
+    node = chain_nodes(recipes.chain)[name]
+    return {
+        "name": name,
+        "group_name": node.group,
+        "partitions_def": recipe_partitions(recipes),
+        "deps": list(node.upstream) if deps is None else deps,
+        "code_version": node_code_version(name, recipes),
+        "description": node.description,
+        "check_specs": [dg.AssetCheckSpec(check, asset=name, blocking=True) for check in checks],
+    }
 
 
 def run_recipe(context: dg.AssetExecutionContext, recipes: RecipeFolder) -> Recipe:
