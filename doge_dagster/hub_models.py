@@ -9,7 +9,6 @@ so a checkpoint of another architecture or vocabulary is refused naming both.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from pathlib import Path
@@ -34,10 +33,10 @@ def is_hub_id(reference: str | None) -> bool:
     return bool(reference) and HUB_ID.match(reference) is not None and not Path(reference).exists()
 
 
-@functools.cache
 def resolve_hub_model(repo_id: str, revision: str | None = None, field: str = "init_from") -> Path:
     """The local snapshot folder of `repo_id` at `revision` (default `main`) holding at least its `config.json`;
-    its name is the resolved commit. Online this downloads the config only; the trainer downloads the rest."""
+    its name is the resolved commit. Online this downloads the config only; the trainer downloads the rest.
+    Not cached in the process: a long-lived code server or daemon must see a branch move to a new commit."""
     from huggingface_hub import snapshot_download
 
     try:
