@@ -59,7 +59,8 @@ def launch_on_compute(
 def check_time_budget(context, build: BuildContext, compute: ComputeResource, stage: str) -> None:
     """Refuse a training launch whose estimate exceeds its `time_limit` before anything is submitted (the numbers
     and the fixes in the failure), unless the run carries `doge/allow-over-time-limit=true` (then a warning).
-    Without a known rate for that device and model there is no refusal, only a warning saying how to get one."""
+    Without a known rate for that device and model, or when only an upper bound exceeds the limit, there is no
+    refusal, only a warning (how to get a rate; the bound against the limit)."""
     launch = build.recipe.section(build.recipe.chain.stage(stage).section).launch
     detected = detect_local_gpu() if compute.backend == "local" and launch.gpus_per_node > 0 else None
     if detected and launch.device and device_key(detected) != device_key(launch.device):
@@ -68,7 +69,8 @@ def check_time_budget(context, build: BuildContext, compute: ComputeResource, st
     estimate = estimate_stage(build.recipe, stage, build.store, context.partition_key, detected)
     problem = estimate.over_limit_problem()
     if problem is None:
-        (context.log.info if estimate.rate is not None else context.log.warning)(estimate.summary())
+        quiet = estimate.rate is not None and estimate.verdict != "may not fit"
+        (context.log.info if quiet else context.log.warning)(estimate.summary())
         return
     allowed = str(context.run.tags.get(ALLOW_OVER_TIME_LIMIT_TAG, "")).strip().lower() == "true"
     if not allowed:

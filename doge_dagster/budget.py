@@ -10,9 +10,19 @@ pass, but no multi-GPU run was measured here). The rate comes from, in order:
 3. `MEASURED`, the rates `bench/bench_gpu.py` measured (seeded from bench/RESULTS.md, pretraining only).
 
 Only packed pretraining with `max_steps` has an exact token count before its data exists (steps x sequences x
-sequence length); the other stages' tokens depend on their examples' lengths, so they get no wall-time estimate
-and are never refused. A launch whose estimate exceeds its `time_limit` is refused before anything is submitted,
+sequence length). A launch whose exact estimate exceeds its `time_limit` is refused before anything is submitted,
 unless the run carries the tag `doge/allow-over-time-limit=true`; with no known rate the launch gets a warning.
+
+The SFT, distillation and DPO stages' tokens depend on their examples' lengths, so they get an upper bound instead:
+every example at the mixture's `max_length` (DPO: a chosen and a rejected sequence per pair), epochs x examples.
+Their rate, when neither the launch section nor an earlier run gives one, is derived from `MEASURED` (a
+pretraining rate of the same model, device and compile setting with the same tokens per micro-batch: SFT packs
+its rows to `max_length` too), scaled to the stage's sequence length at the same MFU when the rows are longer
+(attention FLOPs grow with the sequence; shorter rows keep the rate, since a smaller micro-batch does not run
+faster per token on these small models), and for DPO divided by 4/3 (the frozen reference model's forward pass
+adds a third to a training step's FLOPs). A bound that exceeds the limit says "may not fit" and warns; it is not
+refused. GRPO's time is spent generating completions, which no pretraining rate predicts: it needs a
+measurement (`launch.expected_tokens_per_second` or an earlier run).
 """
 
 from __future__ import annotations
@@ -45,6 +55,11 @@ SEED_SHAPES = {
     "Doge-320M": (1024, 2048, 32, 8, 4),
 }
 SEED_VOCAB, SEED_SEQUENCE = 32768, 2048
+# Their parameter counts (tied embeddings), as `DogeForCausalLM` builds them (tests/test_budget.py checks).
+SEED_PARAMETERS = {"Doge-20M": 13_118_728, "Doge-60M": 54_571_552, "Doge-160M": 152_676_168,
+                   "Doge-320M": 335_750_272}  # fmt: skip
+# A DPO step per token: the policy's forward and backward (3 units) and the reference model's forward (1 unit).
+DPO_COST_PER_TOKEN = 4 / 3
 
 
 @dataclass(frozen=True)
@@ -168,6 +183,14 @@ class StageEstimate:
     rate_source: str  # where the rate comes from, or why there is none and how to get one
     time_limit: str
     price: float | None = None
+    # tokens unknown before the data exists, but at most this many (every example at max_length): `wall_s` and
+    # the verdict are then upper bounds, never a reason to refuse a launch
+    tokens_bound: int | None = None
+
+    @property
+    def bounded(self) -> bool:
+        """True when the time estimate is an upper bound (from `tokens_bound`), not an estimate."""
+        return self.tokens is None and self.tokens_bound is not None
 
     @property
     def time_limit_s(self) -> int:
@@ -182,9 +205,10 @@ class StageEstimate:
     @property
     def wall_s(self) -> float | None:
         """Expected training time (training only: loading, evaluation and checkpoint saves come on top)."""
-        if self.tokens is None or self.total_rate is None:
+        tokens = self.tokens if self.tokens is not None else self.tokens_bound
+        if tokens is None or self.total_rate is None:
             return None
-        return self.tokens / self.total_rate
+        return tokens / self.total_rate
 
     @property
     def gpu_hours(self) -> float | None:
@@ -203,11 +227,12 @@ class StageEstimate:
 
     @property
     def verdict(self) -> str:
-        """`fits`, `tight` (over TIGHT_SHARE of the limit), `DOES NOT FIT`, or `unknown`."""
+        """`fits`, `tight` (over TIGHT_SHARE of the limit), `DOES NOT FIT`, or `unknown`; an upper bound
+        (`bounded`) over the limit `may not fit`."""
         if self.share is None:
             return "unknown"
         if self.share > 1:
-            return "DOES NOT FIT"
+            return "may not fit" if self.bounded else "DOES NOT FIT"
         return "tight" if self.share > TIGHT_SHARE else "fits"
 
     def over_limit_problem(self) -> str | None:
@@ -232,14 +257,28 @@ class StageEstimate:
     def summary(self) -> str:
         """One line for the run log: the estimate against the limit, or why there is none."""
         if self.wall_s is None:
-            what = "tokens unknown before the data exists" if self.tokens is None else self.rate_source
+            unknown_tokens = self.tokens is None and self.tokens_bound is None
+            what = "tokens unknown before the data exists" if unknown_tokens else self.rate_source
             return f"stages.{self.stage}: no time estimate ({what}); time_limit {self.time_limit} not checked"
         cost = f", cost {self.cost:,.2f}" if self.cost is not None else ""
+        if self.bounded:
+            return (
+                f"stages.{self.stage}: at most {duration(self.wall_s)} ({self.gpu_hours:,.1f} GPU-hours{cost}) of "
+                f"time_limit {self.time_limit}, {self.share:.0%} ({self.verdict}): at most {self.tokens_bound:,} "
+                f"tokens at {self.total_rate:,.0f} tokens/s ({self.processes} x {self.rate:,.0f}; {self.rate_source})"
+            )
         return (
             f"stages.{self.stage}: expected {duration(self.wall_s)} ({self.gpu_hours:,.1f} GPU-hours{cost}) of "
             f"time_limit {self.time_limit}, {self.share:.0%}: {self.tokens:,} tokens at {self.total_rate:,.0f} "
             f"tokens/s ({self.processes} x {self.rate:,.0f}; {self.rate_source})"
         )
+
+
+def _sequences_per_example(recipe: Recipe, stage: str) -> int | None:
+    """Sequences a stage trains on per example (DPO: chosen and rejected), or None when its cost is not
+    proportional to its examples' tokens (GRPO generates its completions)."""
+    config = recipe.chain.stage(stage).config_class
+    return {"trl:DPOConfig": 2, "trl:GRPOConfig": None}.get(config, 1)
 
 
 def _tokens_and_steps(recipe: Recipe, stage: str, layout: Layout) -> tuple[int | None, str, int | None, str]:
@@ -265,6 +304,53 @@ def _tokens_and_steps(recipe: Recipe, stage: str, layout: Layout) -> tuple[int |
     packing = " (fewer with the trainer's packing)" if training.get("packing") else ""
     detail = f"about {epochs:g} epoch(s) x {examples:,} examples / {per_step} per step{packing}"
     return None, f"depends on example lengths ({examples:,} examples up to {layout.sequence:,} tokens)", steps, detail
+
+
+def tokens_bound(recipe: Recipe, stage: str, layout: Layout) -> int | None:
+    """At most this many tokens: every example (DPO: both sequences of a pair) at the mixture's `max_length`, for
+    each epoch (or `max_steps` x global batch). None for GRPO (generation) and for exactly known stages."""
+    sequences = _sequences_per_example(recipe, stage)
+    record = recipe.chain.stage(stage)
+    training = recipe.section(record.section).training
+    max_steps = _int(training.get("max_steps"), -1)
+    if sequences is None or (max_steps > 0 and layout.packed):
+        return None
+    if max_steps > 0:
+        return max_steps * layout.global_batch * layout.sequence * sequences
+    mixture = recipe.section(f"mixtures.{record.mixture}")
+    examples = mixture.total_size - mixture.total_size // max(1, round(1 / mixture.test_size))
+    epochs = float(training.get("num_train_epochs", 3))
+    return math.ceil(epochs * examples) * layout.sequence * sequences
+
+
+def _derived_rate(recipe: Recipe, stage: str, device: str, layout: Layout) -> tuple[float, str] | None:
+    """A chat stage's per-process rate from a measured pretraining rate (module docstring), or None."""
+    model = seed_model(recipe)
+    sequences = _sequences_per_example(recipe, stage)
+    if model is None or sequences is None or not layout.bf16 or layout.activation_checkpointing:
+        return None
+    micro_batch_tokens = layout.per_device_batch * layout.sequence
+    for measured in MEASURED:
+        same_shape = (measured.model, measured.device, measured.torch_compile) == (model, device, layout.torch_compile)
+        if same_shape and measured.per_device_batch * SEED_SEQUENCE == micro_batch_tokens:
+            break
+    else:
+        return None
+    shape = SEED_SHAPES[model]
+
+    def flops(sequence: int) -> float:
+        return flops_per_token(SEED_PARAMETERS[model], SEED_VOCAB, shape[0], shape[2], sequence)
+
+    longer = min(1.0, flops(SEED_SEQUENCE) / flops(layout.sequence))
+    cost = DPO_COST_PER_TOKEN if sequences == 2 else 1.0
+    rate = measured.tokens_per_second * longer / cost
+    measured_layout = f"{measured.per_device_batch} x {SEED_SEQUENCE} tokens per micro-batch ({measured.source})"
+    how = [f"{measured.tokens_per_second:,.0f} tokens/s for pretraining {model} on {device}, {measured_layout}"]
+    if longer < 1:
+        how.append(f"x {longer:.2f} for {layout.sequence:,}-token rows (attention FLOPs, same MFU)")
+    if cost != 1:
+        how.append("/ 4/3 for DPO's reference forward pass")
+    return rate, "derived: " + " ".join(how)
 
 
 def _last_run_rate(store: Any, asset: str, partition: str, key: str) -> tuple[float, str] | None:
@@ -338,12 +424,15 @@ def estimate_stage(
         for measured in MEASURED if table_applies else ():
             if (measured.model, measured.device, measured.per_device_batch, measured.torch_compile) == wanted:
                 rate, source = measured.tokens_per_second, f"{measured.model} on {measured.device}: {measured.source}"
+        bound = tokens_bound(recipe, stage, layout)
+        if rate is None and bound is not None and (derived := _derived_rate(recipe, stage, device, layout)):
+            rate, source = derived
     if rate is None:
         source = _no_measurement(recipe, stage, device, layout)
     return StageEstimate(
         stage=stage, tokens=tokens, tokens_detail=tokens_detail, steps=steps, steps_detail=steps_detail,
         processes=layout.processes, device=device, rate=rate, rate_source=source, time_limit=launch.time_limit,
-        price=launch.gpu_hour_price,
+        price=launch.gpu_hour_price, tokens_bound=None if tokens is not None else tokens_bound(recipe, stage, layout),
     )  # fmt: skip
 
 
@@ -363,21 +452,26 @@ def plan_lines(recipe: Recipe, store: Any = None, partition: str | None = None) 
     for estimate in estimates:
         row = [
             estimate.stage,
-            f"{estimate.tokens:,}" if estimate.tokens is not None else "unknown",
+            f"{estimate.tokens:,}"
+            if estimate.tokens is not None
+            else (f"<= {estimate.tokens_bound:,}" if estimate.tokens_bound is not None else "unknown"),
             f"{estimate.steps:,}" if estimate.steps_detail == "max_steps" else f"~{estimate.steps:,}",
             str(estimate.processes),
             estimate.device or "?",
             f"{estimate.total_rate:,.0f}" if estimate.total_rate is not None else "no measurement",
-            duration(estimate.wall_s) if estimate.wall_s is not None else "-",
+            ("<= " if estimate.bounded else "") + duration(estimate.wall_s) if estimate.wall_s is not None else "-",
             "-"
             if estimate.gpu_hours is None
-            else f"{estimate.gpu_hours:,.1f}" + (" (CPU)" if is_cpu(estimate.device) else ""),
+            else ("<= " if estimate.bounded else "")
+            + f"{estimate.gpu_hours:,.1f}"
+            + (" (CPU)" if is_cpu(estimate.device) else ""),
         ]
         if priced:
             row.append(f"{estimate.cost:,.2f}" if estimate.cost is not None else "-")
-        verdict = estimate.verdict if estimate.share is None else f"{estimate.verdict} ({estimate.share:.0%})"
-        if estimate.verdict == "DOES NOT FIT":
-            verdict = f"<< DOES NOT FIT ({estimate.share:.0%}) >>"
+        share = "" if estimate.share is None else f" ({'<= ' if estimate.bounded else ''}{estimate.share:.0%})"
+        verdict = estimate.verdict + share
+        if estimate.verdict in ("DOES NOT FIT", "may not fit"):
+            verdict = f"<< {verdict} >>"
         rows.append([*row, f"{estimate.time_limit} ({duration(estimate.time_limit_s)})", verdict])
     widths = [max(len(line[column]) for line in [header, *rows]) for column in range(len(header))]
     table = [
@@ -388,7 +482,7 @@ def plan_lines(recipe: Recipe, store: Any = None, partition: str | None = None) 
         (
             f"{recipe.name}: training stages against their time limits. tokens/s: all processes together "
             "(per-process rate x processes, linear scaling assumed); wall time: training only (loading, evaluation "
-            "and checkpoint saves come on top)."
+            "and checkpoint saves come on top); `<=`: an upper bound, every example at its mixture's max_length."
         ),
         "",
         *table,

@@ -166,8 +166,9 @@ def test_no_rate_means_no_refusal_but_says_how_to_get_one():
     estimate = estimate_stage(tiny_recipe({"stages.pretrain.launch.time_limit": "00:00:01"}), "pretrain")
     assert estimate.rate is None and estimate.verdict == "unknown" and estimate.over_limit_problem() is None
     assert "stages.pretrain.launch.expected_tokens_per_second" in estimate.rate_source
-    gpu = estimate_stage(load_recipe("160M"), "sft")
-    assert gpu.rate is None and "no measurement for Doge-160M's sft stage on H200" in gpu.rate_source
+    gpu = estimate_stage(load_recipe("160M"), "grpo")
+    assert gpu.rate is None and "no measurement for Doge-160M's grpo stage on H200" in gpu.rate_source
+    assert gpu.tokens is None and gpu.tokens_bound is None and gpu.verdict == "unknown"  # generation: no bound
     unknown = estimate_stage(load_recipe("160M"), "pretrain", device="NVIDIA H100 80GB HBM3")
     assert unknown.rate is None and "bench/bench_gpu.py --sizes 160M --trainer 2 --batch 8" in unknown.rate_source
 
@@ -185,6 +186,57 @@ def test_measured_rates_pick_the_model_device_and_batch_layout():
     slow = estimate_stage(seed_layout, "pretrain")
     assert slow.rate == 16_183 and slow.verdict == "DOES NOT FIT" and slow.wall_s / 86400 == pytest.approx(27.0, 0.01)
     assert {(rate.model, rate.device) for rate in MEASURED} >= {("Doge-160M", "H200"), ("Doge-320M", "H200")}
+
+
+# -- upper bounds for the stages whose tokens depend on their examples' lengths ---------------------------------
+def test_seed_parameter_counts_are_what_the_model_builds():
+    import torch
+    from transformers import DogeConfig, DogeForCausalLM
+
+    from doge_dagster.budget import SEED_PARAMETERS, SEED_SHAPES
+
+    for name, (hidden, intermediate, layers, heads, kv_heads) in SEED_SHAPES.items():
+        with torch.device("meta"):
+            model = DogeForCausalLM(DogeConfig(vocab_size=32768, hidden_size=hidden, intermediate_size=intermediate,
+                                               num_hidden_layers=layers, num_attention_heads=heads,
+                                               num_key_value_heads=kv_heads, tie_word_embeddings=True))  # fmt: skip
+        assert sum(parameter.numel() for parameter in model.parameters()) == SEED_PARAMETERS[name], name
+
+
+def test_chat_stages_get_an_upper_bound_at_a_rate_derived_from_pretraining():
+    from doge_dagster.budget import DPO_COST_PER_TOKEN, SEED_PARAMETERS
+
+    recipe = load_recipe("160M")
+    sft = estimate_stage(recipe, "sft")
+    # every example at max_length, 2 epochs of the train split (990,000 of 1,000,000 rows), packed 2048-token rows
+    assert sft.tokens is None and sft.tokens_bound == 2 * 990_000 * 2048 and sft.bounded
+    assert sft.rate == 59_504 and sft.rate_source.startswith("derived: 59,504 tokens/s for pretraining Doge-160M")
+    assert sft.wall_s == pytest.approx(sft.tokens_bound / (8 * 59_504)) and sft.verdict == "fits"
+    dpo = estimate_stage(recipe, "dpo")  # two 1024-token sequences a pair; the reference forward adds a third
+    assert dpo.tokens_bound == 2 * 58_800 * 2 * 1024
+    assert dpo.rate == pytest.approx(59_504 / DPO_COST_PER_TOKEN) and "reference forward" in dpo.rate_source
+    distill = estimate_stage(recipe, "distill")  # 4096-token rows: more attention FLOPs per token, same MFU
+    longer = flops_per_token(SEED_PARAMETERS["Doge-160M"], 32768, 768, 24, 2048) / flops_per_token(
+        SEED_PARAMETERS["Doge-160M"], 32768, 768, 24, 4096
+    )
+    assert distill.tokens_bound == 99_000 * 4096 and distill.rate == pytest.approx(59_504 * longer)
+    assert 0.7 < longer < 0.8 and "4,096-token rows" in distill.rate_source
+
+
+def test_a_bound_over_the_limit_warns_but_is_not_refused():
+    seed_literal = apply_overrides(load_recipe("160M"), {
+        "stages.sft.training.per_device_train_batch_size": 1,
+        "stages.sft.training.gradient_accumulation_steps": 128,
+        "stages.sft.launch": {"accelerate_config": "single_gpu", "gpus_per_node": 1, "device": "H200"},
+    })  # fmt: skip
+    estimate = estimate_stage(seed_literal, "sft")
+    assert estimate.rate == 16_183 and estimate.verdict == "may not fit" and estimate.over_limit_problem() is None
+    assert estimate.share == pytest.approx(2 * 990_000 * 2048 / 16_183 / 86_400)
+    assert estimate.summary().startswith("stages.sft: at most 69.6 h")
+    # a layout with no measured pretraining of the same tokens per micro-batch gets no derived rate
+    odd = apply_overrides(seed_literal, {"stages.sft.training.per_device_train_batch_size": 2,
+                                         "stages.sft.training.gradient_accumulation_steps": 64})  # fmt: skip
+    assert estimate_stage(odd, "sft").rate is None
 
 
 def test_the_last_run_on_the_same_device_wins_over_the_table(tmp_path):
@@ -220,7 +272,10 @@ def test_plan_prints_every_stage_against_its_limit(tmp_path, capsys):
     pretrain = next(line for line in out.splitlines() if line.startswith("pretrain "))
     for part in ("37,748,736,000", "24,000", " 8 ", "H200", "476,032", "22.0 h", "176.2", "2-00:00:00", "fits (46%)"):
         assert part in pretrain, f"{part!r} missing from: {pretrain}"
-    assert "sft: no measurement for Doge-160M's sft stage on H200" in out
+    sft = next(line for line in out.splitlines() if line.startswith("sft "))
+    for part in ("<= 4,055,040,000", "476,032", "<= 2.4 h", "<= 18.9", "fits (<= 10%)"):
+        assert part in sft, f"{part!r} missing from: {sft}"
+    assert "grpo: no measurement for Doge-160M's grpo stage on H200" in out
 
 
 def test_plan_marks_a_stage_that_does_not_fit_and_exits_1(tmp_path, capsys):

@@ -195,6 +195,13 @@ def test_pretrain_datasets_point_at_the_seed_hub_configs():
     assert DATASETS["openr1-math"].hub_id == "open-r1/OpenR1-Math-220k"
 
 
+def global_batch(recipe, stage: str) -> int:
+    section = getattr(recipe.stages, stage)
+    training = section.training
+    processes = section.launch.gpus_per_node * section.launch.nodes
+    return training["per_device_train_batch_size"] * training["gradient_accumulation_steps"] * processes
+
+
 @pytest.mark.parametrize("size", SIZES)
 def test_post_training_matches_the_seed(size):
     recipe = load_recipe(size)
@@ -202,7 +209,11 @@ def test_post_training_matches_the_seed(size):
     assert [source.dataset for source in recipe.mixtures.sft.sources] == ["smoltalk"]
     assert recipe.mixtures.sft.max_length == 2048
     assert sft["learning_rate"] == pytest.approx(SFT_LR[size])
-    assert sft["num_train_epochs"] == 2 and sft["gradient_accumulation_steps"] == 128 and sft["packing"] is True
+    assert sft["num_train_epochs"] == 2 and sft["packing"] is True
+    # the seed's global batches (128 SFT rows, 64 DPO pairs, 128 distillation rows per optimizer step), whatever
+    # the per-device split
+    assert global_batch(recipe, "sft") == 128 and global_batch(recipe, "dpo") == 64
+    assert global_batch(recipe, "distill") == 128
     assert sft["lr_scheduler_type"] == "cosine_with_min_lr" and sft["lr_scheduler_kwargs"] == {"min_lr_rate": 0.1}
     assert sft["warmup_steps"] == 0.1  # the seed's warmup_ratio 0.1
     assert [source.dataset for source in recipe.mixtures.dpo.sources] == ["ultrafeedback"]
@@ -499,10 +510,14 @@ def test_continued_pretraining_accepts_versions_hub_ids_and_folders(reference, m
     upstream = plan_versions(recipe, _fingerprint, nodes=["doge_base"])["doge_base"].upstream
     assert upstream.get("doge_base") == ("0123456789abcdef" if reference.startswith("doge_base:") else None)
     assert upstream.get("hub_model:SmallDoge/Doge-20M") == ("c" * 40 if reference == "SmallDoge/Doge-20M" else None)
-    assert "doge_base" not in plan_versions(load_recipe("tiny"), _fingerprint, nodes=["doge_base"])["doge_base"].upstream
+    assert (
+        "doge_base" not in plan_versions(load_recipe("tiny"), _fingerprint, nodes=["doge_base"])["doge_base"].upstream
+    )
 
 
-@pytest.mark.parametrize(("mixture", "packing", "fix"), [("pretrain", False, "set it to true"), ("sft", True, "set it to false")])
+@pytest.mark.parametrize(
+    ("mixture", "packing", "fix"), [("pretrain", False, "set it to true"), ("sft", True, "set it to false")]
+)
 def test_mixture_packing_that_the_mixer_cannot_honour_is_refused(mixture, packing, fix):
     raw = yaml.safe_load((RECIPES_DIR / "tiny.yaml").read_text())
     raw["mixtures"][mixture]["packing"] = packing
