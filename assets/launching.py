@@ -3,6 +3,7 @@
 Shared by the training and the evaluation assets; the launched process publishes the artifact itself.
 """
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import dagster as dg
@@ -36,9 +37,11 @@ def launch_on_compute(
     asset: str,
     launch: LaunchRecipe,
     module: str,
+    env: Mapping[str, str] | None = None,
 ) -> BuildOutput:
     """Write the launch spec of stage or report `name` (producing `asset`) and run
-    `python -m MODULE NAME --spec F` on the compute backend; the process publishes the artifact itself."""
+    `python -m MODULE NAME --spec F` on the compute backend; the process publishes the artifact itself.
+    `env` (e.g. the trackers' MLFLOW_* variables) reaches the process environment, never the spec."""
     spec = LaunchSpec(
         name=name,
         asset=asset,
@@ -52,7 +55,7 @@ def launch_on_compute(
         extra_stages=build.recipe.chain.extra_modules,
         manifest_metadata=build.recorded,
     )
-    compute.run_stage(context, spec, launch, extra_env=artifact_store.process_env())
+    compute.run_stage(context, spec, launch, extra_env={**(env or {}), **artifact_store.process_env()})
     return BuildOutput()
 
 

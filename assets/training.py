@@ -7,6 +7,8 @@ publishes the model itself (manifest last); the asset reports it from the manife
 runs show the same metadata.
 """
 
+import os
+
 import dagster as dg
 
 from assets.launching import check_time_budget, launch_on_compute
@@ -15,6 +17,7 @@ from doge_dagster.launching.command import LaunchError
 from doge_dagster.plan import chain_nodes
 from doge_dagster.recipes import RecipeFolder
 from doge_dagster.stages import Stage
+from doge_dagster.training.tracking import tracking_env
 from doge_dagster.training.validation import validate_stage
 from resources.artifact_store import ArtifactStoreResource
 from resources.compute import ComputeResource
@@ -44,20 +47,33 @@ def build_training_asset(stage: Stage, recipes: RecipeFolder) -> dg.AssetsDefini
         def launch(build: BuildContext) -> BuildOutput:
             vocab = build.upstream_manifests["tokenizer"].metadata.get("vocab_size")
             try:
-                validate_stage(stage.name, build.recipe, vocab)
+                validate_stage(stage.name, build.recipe, vocab, env={**os.environ, **compute.env})
             except LaunchError as error:
                 raise dg.Failure(description=str(error)) from None
             check_time_budget(context, build, compute, stage.name)
-            launch_recipe = build.recipe.section(stage.section).launch
+            section = build.recipe.section(stage.section)
             return launch_on_compute(
-                context, artifact_store, compute, build, stage.name, stage.asset, launch_recipe, "doge_dagster.training"
-            )
+                context, artifact_store, compute, build, stage.name, stage.asset, section.launch,
+                "doge_dagster.training", env=tracking_env(section.training.get("report_to")),
+            )  # fmt: skip
 
-        return materialize_versioned(
+        result = materialize_versioned(
             context, artifact_store, stage.asset, launch, recipes, publishes_itself=True, gated_by=tuple(gates)
         )
+        return with_tensorboard_path(result)
 
     return training_asset
+
+
+def with_tensorboard_path(result: dg.MaterializeResult) -> dg.MaterializeResult:
+    """The model's TensorBoard event files (`report_to: tensorboard`) named by their full path:
+    `tensorboard --logdir <tensorboard_logdir>`."""
+    metadata = dict(result.metadata or {})
+    folder, artifact = metadata.get("tensorboard_dir"), metadata.get("artifact_uri")
+    if not isinstance(folder, str) or not isinstance(artifact, str):
+        return result
+    metadata["tensorboard_logdir"] = dg.MetadataValue.path(f"{artifact.rstrip('/')}/{folder}")
+    return result._replace(metadata=metadata)
 
 
 def build_training_assets(recipes: RecipeFolder) -> list[dg.AssetsDefinition]:

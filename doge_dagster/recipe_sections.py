@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from doge_dagster.registry import DATASETS
+from doge_dagster.training.tracking import report_to_problem
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ class Strict(BaseModel):
     # Fields added after recipes were published: left out of the dump while unset, so the sections of recipes
     # that do not use them keep their versions (a section is versioned by its dump).
     OMITTED_WHEN_UNSET: ClassVar[tuple[str, ...]] = ()
+    # Settings kept inside a mapping field (field -> keys), e.g. `training.report_to`: left out of the plain dump,
+    # so out of every version, like the `Field(exclude=True)` settings, and kept with WITH_SETTINGS.
+    SETTING_KEYS: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     @model_serializer(mode="wrap")
     def _with_settings(self, handler: Any, info: SerializationInfo) -> Any:
@@ -64,7 +68,12 @@ class Strict(BaseModel):
             for name in self.OMITTED_WHEN_UNSET:
                 if data.get(name) is None:
                     data.pop(name, None)
-        if isinstance(data, dict) and isinstance(info.context, dict) and info.context.get("with_settings"):
+        with_settings = isinstance(info.context, dict) and info.context.get("with_settings")
+        if isinstance(data, dict) and not with_settings:
+            for name, keys in self.SETTING_KEYS.items():
+                if isinstance(data.get(name), dict):
+                    data[name] = {key: value for key, value in data[name].items() if key not in keys}
+        if isinstance(data, dict) and with_settings:
             for name, field in type(self).model_fields.items():
                 if field.exclude:  # scalar settings only (numbers, strings)
                     data[name] = getattr(self, name)
@@ -368,6 +377,10 @@ class StageRecipe(Strict):
     of the stage; they are checked against that class before launch.
     """
 
+    # `training.report_to` (TensorBoard, MLflow, W&B; doge_dagster/training/tracking.py) says where the metrics go,
+    # not what is trained: a setting, so out of every version.
+    SETTING_KEYS: ClassVar[dict[str, tuple[str, ...]]] = {"training": ("report_to",)}
+
     training: dict[str, Any] = Field(default_factory=dict)
     launch: LaunchRecipe = Field(default_factory=LaunchRecipe)
     # A stage setting, not a `launch` one: launch settings are shared with reports, which never back off.
@@ -433,6 +446,8 @@ class StageRecipe(Strict):
                 raise ValueError("`warmup_ratio` must be in [0, 1)")
             log.info("recipe: translated warmup_ratio=%s -> warmup_steps=%s", ratio, ratio)
             translated["warmup_steps"] = float(ratio)
+        if "report_to" in translated and (problem := report_to_problem(translated["report_to"])):
+            raise ValueError(problem)
         return translated
 
 

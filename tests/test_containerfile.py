@@ -25,8 +25,11 @@ CI_RUN = PROJECT_ROOT / ".ci" / "run"
 README = PROJECT_ROOT / "README.md"
 PYPROJECT = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
 
-# .ci/run's apt packages that serve only the test services (the real Slurm, the web UI test's browser).
-TEST_SERVICE_PACKAGES = {"slurmctld", "slurmd", "slurm-client", "munge", "chromium"}
+# .ci/run's apt packages that serve only the tests: the real Slurm, the web UI test's browser, the team
+# deployment test's PostgreSQL, and what builds and runs this image in tests/test_container_image.py.
+TEST_SERVICE_PACKAGES = {
+    "slurmctld", "slurmd", "slurm-client", "munge", "chromium", "postgresql", "podman", "runc", "debootstrap",
+}  # fmt: skip
 # pip options that change where or how quietly pip installs, not what it installs.
 PIP_OPTIONS_WITH_VALUE = {"--index-url", "-i", "--extra-index-url"}
 PIP_OPTIONS = {"-q", "--quiet", "--no-cache-dir"}
@@ -214,7 +217,7 @@ def test_pip_is_the_venv_s_own_and_gets_index_settings_only_as_build_secrets():
 
 
 def test_the_runtime_packages_of_ci_are_in_the_image():
-    """.ci/run's apt packages, less the test services' (Slurm, munge, Chromium), e.g. g++ for DeepSpeed's CPU ops."""
+    """.ci/run's apt packages, less the tests' own (Slurm, Chromium, PostgreSQL, podman...), e.g. g++ for DeepSpeed."""
     ci_text = CI_RUN.read_text().replace("\\\n", " ")
     ci_packages = {w for w in ci_text.split("apt-get install", 1)[1].split(">", 1)[0].split() if not w.startswith("-")}
     assert TEST_SERVICE_PACKAGES <= ci_packages, "the list of test-only packages is out of date"

@@ -111,8 +111,8 @@ def test_unknown_field_hint_lists_similar_fields():
 
 
 def test_fields_the_pipeline_owns_are_rejected():
-    with pytest.raises(LaunchError, match=r"stages\.dpo\.training\.report_to is set by the pipeline"):
-        validate_stage("dpo", tiny_recipe({"stages.dpo.training.report_to": "wandb"}))
+    with pytest.raises(LaunchError, match=r"stages\.dpo\.training\.run_name is set by the pipeline"):
+        validate_stage("dpo", tiny_recipe({"stages.dpo.training.run_name": "mine"}))
 
 
 def test_legacy_field_names_are_translated_and_then_valid():

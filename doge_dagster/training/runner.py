@@ -27,6 +27,7 @@ from doge_dagster.trainer_contract import StageContext, StageTrainer
 from doge_dagster.training.memory import OutOfMemoryBackoff, injected_faults
 from doge_dagster.training.progress import progress_callback
 from doge_dagster.training.sharding import enable_fsdp_on_cpu, save_full_model, whole_model_loading
+from doge_dagster.training.tracking import Tracking, report_targets, run_name
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # TRL's configs default to bf16 autocast and activation (gradient) checkpointing, transformers'
@@ -55,7 +56,8 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
 
 def build_args(ctx: StageContext, trainer: StageTrainer, checkpoints: Path, batch: dict[str, Any] | None = None):
     """The trainer config: plain defaults, the stage's defaults, the recipe's fields, the stage's forced
-    fields, the batch an out-of-memory backoff settled on (`batch`), and the fields the pipeline owns."""
+    fields, the batch an out-of-memory backoff settled on (`batch`), and the fields the pipeline owns
+    (`report_to` is the recipe's trackers, `run_name` what every tracker calls the run: tracking.py)."""
     module, _, name = ctx.stage.config_class.partition(":")
     config_class = getattr(importlib.import_module(module), name)
     training = {
@@ -65,12 +67,14 @@ def build_args(ctx: StageContext, trainer: StageTrainer, checkpoints: Path, batc
         **trainer.training_forced(ctx),
         **(batch or {}),
     }
+    report_to = report_targets(training.pop("report_to", None)) or "none"
     import torch
 
     return config_class(
         **training,
         output_dir=str(checkpoints),
-        report_to="none",
+        report_to=report_to,
+        run_name=run_name(ctx.spec.asset, ctx.spec.partition, ctx.spec.version),
         logging_first_step=True,
         disable_tqdm=True,
         save_strategy="steps",
@@ -119,9 +123,20 @@ def initial_model(ctx: StageContext, trainer: StageTrainer):
 
 
 def _run(spec: LaunchSpec, reporter: Reporter, started: float) -> None:
+    ctx = stage_context(spec, reporter)
+    # TensorBoard, MLflow, W&B (`report_to`): rank 0 owns the one MLflow run, ended however the stage ends
+    tracking = Tracking.start(spec, ctx.section.training, main=global_rank() == 0)
+    succeeded = False
+    try:
+        _train(ctx, spec, reporter, started, tracking)
+        succeeded = True
+    finally:
+        tracking.end(succeeded)
+
+
+def _train(ctx: StageContext, spec: LaunchSpec, reporter: Reporter, started: float, tracking: Tracking) -> None:
     from transformers import set_seed
 
-    ctx = stage_context(spec, reporter)
     recipe, store = ctx.recipe, ctx.store
     enable_fsdp_on_cpu()  # an FSDP launch without CUDA stays FSDP (accelerate would make it DDP)
     stage_trainer = ctx.stage.trainer_class()()
@@ -137,6 +152,7 @@ def _run(spec: LaunchSpec, reporter: Reporter, started: float) -> None:
         model = initial_model(ctx, stage_trainer)
         trainer = stage_trainer.build_trainer(ctx, model, build_args(ctx, stage_trainer, checkpoints, batch))
         trainer.remove_callback(PrinterCallback)  # the progress callback already logs every step
+        tracking.adopt(trainer)
         return trainer
 
     backoff = OutOfMemoryBackoff(ctx, checkpoints, build_trainer, last_complete_checkpoint)
@@ -150,6 +166,7 @@ def _run(spec: LaunchSpec, reporter: Reporter, started: float) -> None:
     result = backoff.train()  # on out of memory: a smaller per-device batch, more accumulation (memory.py)
     trainer = backoff.trainer
     eval_metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
+    tracking.trained(trainer)
     staged = Path(spec.work_dir) / "final"
     save_full_model(trainer, staged)  # collective under FSDP / ZeRO-3 (gathers the full weights); rank 0 writes
     if global_rank() != 0:
@@ -158,6 +175,8 @@ def _run(spec: LaunchSpec, reporter: Reporter, started: float) -> None:
     stage_trainer.finalize(ctx, staged)
     metrics = _metrics(spec, trainer, result, eval_metrics, progress, start_step, parameters, started)
     metrics.update(backoff.metadata())
+    metrics.update(tracking.metadata())
+    tracking.add_to(staged)  # TensorBoard's event files, published with the model (tensorboard/)
     _write_generation_config(staged, ctx.tokenizer)
     plot_curves(staged / "loss_curve.png", spec.asset, progress.curve, progress.eval_losses, progress.rewards)
     rewards = {"reward": progress.rewards, **progress.reward_parts} if progress.rewards else {}
@@ -171,6 +190,7 @@ def _run(spec: LaunchSpec, reporter: Reporter, started: float) -> None:
         {**spec.manifest_metadata, **metrics, **checks_record(checks)},
     )  # fmt: skip
     shutil.rmtree(checkpoints, ignore_errors=True)
+    shutil.rmtree(tracking.tensorboard_dir, ignore_errors=True)
     metrics["artifact_uri"] = store.url(manifest.asset, manifest.partition, manifest.version)
     reporter.info(f"published {metrics['artifact_uri']} (final loss {metrics.get('final_train_loss')})")
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 from doge_dagster.launching.command import LaunchError, accelerate_config_path, read_accelerate_config
 from doge_dagster.recipes import LaunchRecipe, Recipe
 from doge_dagster.training.sharding import zero3_without_full_weights
+from doge_dagster.training.tracking import tracker_problems
 
 FIELD_CACHE_DIR = Path.home() / ".cache" / "doge-dagster"
 
@@ -125,8 +128,9 @@ def value_problem(value: Any, accepted: dict[str, Any]) -> str | None:
     return f"takes {described}"
 
 
-# Fields the runner sets itself; a recipe must not override where outputs go or how we report.
-RUNNER_OWNED = {"output_dir", "report_to", "logging_dir", "run_name", "push_to_hub", "hub_model_id"}
+# Fields the runner sets itself; a recipe must not override where outputs go or what the runs are called.
+# (`report_to` is the recipe's: checked by `tracker_problems`, see doge_dagster/training/tracking.py.)
+RUNNER_OWNED = {"output_dir", "logging_dir", "run_name", "push_to_hub", "hub_model_id"}
 
 
 # accelerate 1.15's `DistributedType` values (importing accelerate imports torch: seconds, so copied).
@@ -207,8 +211,11 @@ def validate_launch(launch: LaunchRecipe, where: str) -> Path:
     return config_path
 
 
-def validate_stage(stage: str, recipe: Recipe, tokenizer_vocab: int | None = None) -> None:
-    """Reject a stage recipe that would fail after launch, naming the field and the fix."""
+def validate_stage(
+    stage: str, recipe: Recipe, tokenizer_vocab: int | None = None, env: Mapping[str, str] | None = None
+) -> None:
+    """Reject a stage recipe that would fail after launch, naming the field and the fix. `env`: the environment
+    the launched process gets besides the recipe's `launch.env` (default: this process's)."""
     record = recipe.chain.stage(stage)
     section = recipe.section(record.section)
     if section is None:
@@ -218,7 +225,12 @@ def validate_stage(stage: str, recipe: Recipe, tokenizer_vocab: int | None = Non
     validate_launch(section.launch, f"stages.{stage}")
     schema = trainer_schema(record.config_class)
     config_name = record.config_class.replace(":", ".")
+    launched_env = {**(os.environ if env is None else env), **section.launch.env}
+    if problems := tracker_problems(section.training.get("report_to"), f"stages.{stage}.training", launched_env):
+        raise LaunchError("; ".join(problems))
     for key, value in section.training.items():
+        if key == "report_to":
+            continue  # checked above (the recipe models checked its value)
         if key in RUNNER_OWNED:
             raise LaunchError(f"stages.{stage}.training.{key} is set by the pipeline; remove it")
         if key not in schema:
