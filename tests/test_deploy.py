@@ -1,14 +1,14 @@
 """deploy/dagster.yaml, the team instance: checked with Dagster's own instance schema, without a database.
 
-`dagster-postgres` is not a dependency of the project (nor installed by .ci/run), so no PostgreSQL storage is
-opened here: the file is validated by Dagster's instance schema (which includes the PostgreSQL storage's
-config), its storage is checked to point at dagster-postgres, and every other setting is loaded into a real
-`DagsterInstance` with the storage swapped for SQLite. Running it against a PostgreSQL server with the daemon
-is left for a later change (see README.md, "Deploying for a team").
+The file is validated by Dagster's instance schema (which includes the PostgreSQL storage's config), its storage is
+checked to point at dagster-postgres through a driver that is installed, and every other setting is loaded into a
+real `DagsterInstance` with the storage swapped for SQLite. Running it for real, on a PostgreSQL server with
+`dagster-daemon` and `dagster-webserver`, is `test_team_deployment.py` (see README.md, "Deploying for a team").
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import dagster as dg
@@ -30,6 +30,9 @@ PG_ENV = {
     "db_name": "DAGSTER_PG_DB",
 }
 COMPUTE_LOGS_ENV = "DAGSTER_COMPUTE_LOGS_DIR"
+# The driver named in the URL: SQLAlchemy 2.1 reads a bare `postgresql://` as psycopg 3, which dagster-postgres
+# does not install (it installs psycopg2-binary).
+PG_SCHEME = "postgresql+psycopg2"
 
 
 def deploy_config() -> dict:
@@ -70,12 +73,32 @@ def test_the_file_passes_dagster_s_instance_schema(tmp_path, no_deploy_env):
 
 
 def test_credentials_and_hosts_come_only_from_the_environment():
-    postgres_db = deploy_config()["storage"]["postgres"]["postgres_db"]
+    postgres_db = dict(deploy_config()["storage"]["postgres"]["postgres_db"])
+    assert postgres_db.pop("scheme") == PG_SCHEME
     assert postgres_db == {field: {"env": name} for field, name in PG_ENV.items()}
     assert "postgres_url" not in deploy_config()["storage"]["postgres"], "a URL would carry the password"
     for path, value in leaves(deploy_config()):
         if any(part in {"password", "username", "hostname", "postgres_url"} for part in path):
             assert path[-1] == "env", f"{'.'.join(path)} is written in the file"
+
+
+def test_the_storage_url_names_an_installed_driver(monkeypatch):
+    """The URL dagster-postgres builds from the file loads a database driver that is installed (no server needed)."""
+    import sqlalchemy
+    from dagster_postgres.utils import pg_url_from_config
+
+    for field, name in PG_ENV.items():
+        monkeypatch.setenv(name, "5432" if field == "port" else f"test-{field}")
+    postgres = deploy_config()["storage"]["postgres"]
+    resolved = {
+        "postgres_db": {
+            field: (os.environ[value["env"]] if isinstance(value, dict) else value)
+            for field, value in postgres["postgres_db"].items()
+        }
+    }
+    url = sqlalchemy.engine.make_url(pg_url_from_config(resolved))
+    assert url.drivername == PG_SCHEME
+    assert url.get_dialect().import_dbapi().__name__ == "psycopg2"
 
 
 def test_the_readme_s_production_settings_are_kept():
