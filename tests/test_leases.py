@@ -32,6 +32,7 @@ import pytest
 from dagster_dev import CHAIN_TEST_TIMEOUT_S, CHAIN_TIMEOUT_S, cli_env, latest_materializations
 from helpers import (
     PROJECT_ROOT,
+    _short_stage,
     cli_materialize_command,
     copy_artifacts,
     kill_group,
@@ -41,6 +42,7 @@ from helpers import (
     run_command,
     tail,
     wait_for,
+    write_tiny_recipe,
 )
 from moto_s3 import BUCKET, store_options
 
@@ -499,13 +501,18 @@ def test_a_run_whose_writer_died_takes_the_lease_over_and_builds(tmp_path, lease
 @pytest.mark.slow
 @pytest.mark.timeout(CHAIN_TEST_TIMEOUT_S + int(CHAIN_TIMEOUT_S))  # the chain may be built first
 def test_two_cli_runs_of_one_model_train_it_once(tiny_chain, tmp_path):
-    """Both runs start together. Pretraining doge_base took about 2 minutes in a chain build here, and this test
-    29 minutes with other test sessions loading the 2 cores (load average 7): each run gets the chain's timeout."""
+    """Both runs start together, on a pretraining shortened to 120 steps (the race for the lease is under test, not
+    the learning; the runs still overlap by the ~20 s it takes to launch accelerate and train). The whole shipped
+    pretraining took 29 minutes here with other test sessions loading the 2 cores (load average 7), so each run
+    keeps the chain's timeout."""
     root = tmp_path / "artifacts"
     copy_artifacts(tiny_chain.artifact_root, root)  # the tokenizer and mixtures: doge_base is missing
-    version = planned_version("doge_base")
+    short = _short_stage("pretrain", 120, warmup_steps=10, lr_scheduler_kwargs={"num_decay_steps": 10,
+                                                                              "min_lr_ratio": 0.0})  # fmt: skip
+    recipes = write_tiny_recipe(tmp_path / "recipes", short)
+    version = planned_version("doge_base", short)
     assert published_versions(root, "doge_base") == []
-    envs = [cli_env(tmp_path / f"home-{index}", root, **{POLL_ENV: "1"}) for index in range(2)]
+    envs = [cli_env(tmp_path / f"home-{index}", root, recipes, **{POLL_ENV: "1"}) for index in range(2)]
     command = cli_materialize_command("doge_base")
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         runs = [
