@@ -281,10 +281,16 @@ def _sequences_per_example(recipe: Recipe, stage: str) -> int | None:
     return {"trl:DPOConfig": 2, "trl:GRPOConfig": None}.get(config, 1)
 
 
-def _tokens_and_steps(recipe: Recipe, stage: str, layout: Layout) -> tuple[int | None, str, int | None, str]:
+def _training_examples(recipe: Recipe, stage: str) -> tuple[int, float]:
+    """The stage's train-split rows (the split keeps one row of every round(1 / test_size) for test) and epochs."""
     record = recipe.chain.stage(stage)
-    training = recipe.section(record.section).training
     mixture = recipe.section(f"mixtures.{record.mixture}")
+    examples = mixture.total_size - mixture.total_size // max(1, round(1 / mixture.test_size))
+    return examples, float(recipe.section(record.section).training.get("num_train_epochs", 3))
+
+
+def _tokens_and_steps(recipe: Recipe, stage: str, layout: Layout) -> tuple[int | None, str, int | None, str]:
+    training = recipe.section(recipe.chain.stage(stage).section).training
     max_steps = _int(training.get("max_steps"), -1)
     batch = f"{layout.per_device_batch} x {layout.accumulation} accumulation x {layout.processes} process(es)"
     if max_steps > 0 and layout.packed:
@@ -293,9 +299,7 @@ def _tokens_and_steps(recipe: Recipe, stage: str, layout: Layout) -> tuple[int |
     if max_steps > 0:
         bound = max_steps * layout.global_batch * layout.sequence
         return None, f"at most {bound:,} (examples up to {layout.sequence:,} tokens)", max_steps, "max_steps"
-    # Epoch-based: the split keeps one row of every round(1 / test_size) for test.
-    examples = mixture.total_size - mixture.total_size // max(1, round(1 / mixture.test_size))
-    epochs = float(training.get("num_train_epochs", 3))
+    examples, epochs = _training_examples(recipe, stage)  # epoch-based
     per_step = layout.global_batch
     generations = training.get("num_generations")
     if generations is not None:  # GRPO: the batch counts completions, num_generations per prompt
@@ -310,16 +314,13 @@ def tokens_bound(recipe: Recipe, stage: str, layout: Layout) -> int | None:
     """At most this many tokens: every example (DPO: both sequences of a pair) at the mixture's `max_length`, for
     each epoch (or `max_steps` x global batch). None for GRPO (generation) and for exactly known stages."""
     sequences = _sequences_per_example(recipe, stage)
-    record = recipe.chain.stage(stage)
-    training = recipe.section(record.section).training
+    training = recipe.section(recipe.chain.stage(stage).section).training
     max_steps = _int(training.get("max_steps"), -1)
     if sequences is None or (max_steps > 0 and layout.packed):
         return None
     if max_steps > 0:
         return max_steps * layout.global_batch * layout.sequence * sequences
-    mixture = recipe.section(f"mixtures.{record.mixture}")
-    examples = mixture.total_size - mixture.total_size // max(1, round(1 / mixture.test_size))
-    epochs = float(training.get("num_train_epochs", 3))
+    examples, epochs = _training_examples(recipe, stage)
     return math.ceil(epochs * examples) * layout.sequence * sequences
 
 
